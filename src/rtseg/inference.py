@@ -1,0 +1,111 @@
+"""Prediction: read -> preprocess (from the model's pretrained config) -> model -> logits ->
+class ids / probabilities at the input's size.
+
+The size rule travels with the weights (:class:`~rtseg.config.PretrainedCfg`): resize to a fixed
+``input_size`` (official SINet: 224x224) or zero-pad to a multiple of ``size_divisor``; the logits
+are resized or cropped back, so any input size works with any model.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .config import PretrainedCfg
+from .data.io import read_image, to_rgb_array
+from .errors import DataError
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def as_rgb(image: ImageLike, max_pixels: Optional[int] = None) -> np.ndarray:
+    """A path, PIL image or array -> RGB uint8 (H, W, 3)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image) if max_pixels is None else read_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        return to_rgb_array(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise DataError(f"array of shape {image.shape}: expected (H, W, 3) RGB or (H, W) greyscale")
+        if image.dtype != np.uint8:
+            raise DataError(f"array of dtype {image.dtype}: expected uint8 RGB")
+        return np.ascontiguousarray(image[..., :3])
+    raise DataError(f"cannot read an image from {type(image).__name__}")
+
+
+def normalize(image: np.ndarray, cfg: PretrainedCfg) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) or (N, H, W, 3) -> float32 (N, 3, H, W) following ``cfg``."""
+    x = torch.from_numpy(np.ascontiguousarray(image))
+    if x.ndim == 3:
+        x = x[None]
+    x = x.permute(0, 3, 1, 2).float()
+    if cfg.channel_order == "BGR":
+        x = x.flip(1)
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+    x = (x * cfg.pre_scale - mean) / std
+    if cfg.post_scale != 1.0:
+        x = x * cfg.post_scale
+    return x.contiguous()
+
+
+def prepare(image: np.ndarray, cfg: PretrainedCfg) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Apply the size rule: returns the network input (1, 3, h, w) and the original (H, W)."""
+    h, w = image.shape[:2]
+    if cfg.input_size is not None:
+        import cv2
+
+        th, tw = cfg.input_size
+        interp = cv2.INTER_AREA if (th < h or tw < w) else cv2.INTER_LINEAR
+        image = cv2.resize(image, (tw, th), interpolation=interp) if (th, tw) != (h, w) else image
+        return normalize(image, cfg), (h, w)
+    x = normalize(image, cfg)
+    d = max(1, cfg.size_divisor)
+    ph, pw = (-h) % d, (-w) % d
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return x, (h, w)
+
+
+def restore(logits: torch.Tensor, size: tuple[int, int], cfg: PretrainedCfg) -> torch.Tensor:
+    """Undo :func:`prepare` on (N, C, h', w') logits -> (N, C, H, W)."""
+    if cfg.input_size is not None:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    h, w = size
+    if logits.shape[-2] >= h and logits.shape[-1] >= w:
+        # network output at padded size (or SINet's 32k size): crop the padding off
+        return logits[..., :h, :w]
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def predict_logits(model: nn.Module, image: ImageLike) -> torch.Tensor:
+    """(1, C, H, W) float logits at the input's size."""
+    cfg: PretrainedCfg = model.pretrained_cfg
+    rgb = as_rgb(image)
+    x, size = prepare(rgb, cfg)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(x)
+    finally:
+        model.train(was_training)
+    return restore(logits.float(), size, cfg)
+
+
+def predict_proba(model: nn.Module, image: ImageLike) -> np.ndarray:
+    """Softmax probabilities (C, H, W) float32 at the input's size."""
+    return torch.softmax(predict_logits(model, image), dim=1)[0].numpy()
+
+
+def predict(model: nn.Module, image: ImageLike) -> np.ndarray:
+    """Class-id mask (H, W) uint8 for a path, PIL image or RGB uint8 array."""
+    logits = predict_logits(model, image)
+    return logits.argmax(1)[0].to(torch.uint8).numpy()
