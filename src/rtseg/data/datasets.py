@@ -12,7 +12,6 @@ or auto-detected from a bare ``DIR``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -22,41 +21,10 @@ from torch.utils.data import Dataset
 
 from ..config import PORTRAIT_CLASSES
 from ..errors import DataError
+from .base import DatasetInfo, Sample
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
 
 PathLike = Union[str, os.PathLike]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the labels mean. ``label_map`` (256 entries) maps raw mask values to class ids or
-    ``ignore_index``; without it raw values are class ids already."""
-
-    name: str
-    class_names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...] = ()
-    ignore_index: int = 255
-    label_map: Optional[tuple[int, ...]] = None
-    resize_image_to_mask: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image and its label: a mask file, or binary part masks merged in order
-    (``parts = ((class_id, path), ...)``, later parts drawn over earlier ones)."""
-
-    image: str
-    mask: Optional[str] = None
-    parts: tuple[tuple[int, str], ...] = ()
-    size_hint: Optional[tuple[int, int]] = None  # (H, W) of the label when only parts may be absent
-
-    @property
-    def name(self) -> str:
-        return Path(self.image).stem
 
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -1,0 +1,1 @@
+"""Datasets, image IO and transforms."""
