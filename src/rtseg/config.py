@@ -125,6 +125,7 @@ class TrainConfig:
     augment: bool = True
     max_steps: Optional[int] = None  # stop after this many optimiser steps (for smoke runs)
     log_every: int = 10
+    save_every: int = 0  # also checkpoint every N optimiser steps (0: only at epoch ends)
     amp: bool = False
     grad_accum: int = 1
     sync_bn: bool = False

@@ -1,0 +1,38 @@
+"""``rtseg predict PATH... [--model M] [--weights W] [--out DIR]``: images, folders and videos."""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_arguments, load_model_from_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, video files")
+    add_model_arguments(p)
+    p.add_argument("--out", default="out", help="output folder (default: out)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--smooth", action="store_true", help="temporal smoothing of video predictions")
+    p.add_argument("--backend", default="eager", help="inference backend (eager; see `rtseg bench`)")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this many pixels")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import predict_paths
+
+    model = load_model_from_args(args)
+    model = _with_backend(model, args.backend)
+    results = predict_paths(model, args.inputs, args.out, alpha=args.alpha, smooth=args.smooth,
+                            progress=not args.no_progress, max_pixels=args.max_pixels)
+    for written in results:
+        print("  ".join(f"{k}: {v}" for k, v in written.items()))
+    print(f"weights: {model.pretrained_cfg.source}")
+    return 0
+
+
+def _with_backend(model, backend: str):
+    if backend in (None, "eager"):
+        return model
+    from ..fast import optimize
+
+    return optimize(model, backend=backend)
