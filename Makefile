@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/torch.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rtseg predict assets/portrait.jpg --out out/demo
+	$(VENV)/bin/rtseg predict assets/portrait.jpg --weights ../shared/parity/sinet_official_eg1800.pth --out out/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
