@@ -23,6 +23,10 @@ from ..config import PORTRAIT_CLASSES
 from ..errors import DataError
 from .base import DatasetInfo, Sample
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
+from .camvid import is_camvid, read_camvid
+from .celebamask import is_celebamask, read_celebamask
+from .cityscapes import is_cityscapes, read_cityscapes
+from .voc import is_voc, read_voc
 
 PathLike = Union[str, os.PathLike]
 
@@ -176,6 +180,10 @@ Reader = Callable[..., tuple[list[Sample], DatasetInfo]]
 READERS: dict[str, Reader] = {
     "folder": read_folder,
     "eg1800": read_eg1800,
+    "cityscapes": read_cityscapes,
+    "camvid": read_camvid,
+    "voc": read_voc,
+    "celebamask": read_celebamask,
 }
 
 
@@ -190,7 +198,12 @@ def detect_layout(root: Path) -> str:
 
 
 #: (layout, predicate) pairs tried in order by :func:`detect_layout`.
-LAYOUT_PROBES: list[tuple[str, Callable[[Path], bool]]] = []
+LAYOUT_PROBES: list[tuple[str, Callable[[Path], bool]]] = [
+    ("cityscapes", is_cityscapes),
+    ("voc", is_voc),
+    ("celebamask", is_celebamask),
+    ("camvid", is_camvid),
+]
 
 
 def parse_data_spec(spec: str) -> tuple[str, Path]:
