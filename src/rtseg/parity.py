@@ -79,8 +79,20 @@ def _sinet(m: re.Match, meta: dict[str, Any]) -> ParityCase:
     return ParityCase(model, get_spec("sinet").convert_official, _single)
 
 
+def _deeplabv3plus(m: re.Match, meta: dict[str, Any]) -> ParityCase:
+    from .models import create_model, get_spec
+
+    kw = _kwargs_from_call(m.group(2))
+    backbone = {"mobilenet": "mobilenet_v2"}.get(m.group(1), m.group(1))
+    model = create_model("deeplabv3plus", num_classes=kw.get("num_classes", 21), backbone=backbone,
+                         output_stride=kw.get("output_stride", 8))  # VainF's builders default to os8
+    return ParityCase(model, get_spec("deeplabv3plus").convert_official, _single)
+
+
 TARGETS: list[ParityTarget] = [
     ParityTarget("clovaai/ext_portrait_segmentation", r"Dnc_SINet\((.*)\)", _sinet, "SINet"),
+    ParityTarget("VainF/DeepLabV3Plus-Pytorch", r"deeplabv3plus_(mobilenet|resnet50|resnet101)\((.*)\)",
+                 _deeplabv3plus, "DeepLabV3+"),
 ]
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import PORTRAIT_CLASSES, PretrainedCfg
 from ..errors import ModelNameError
 from .sinet import SINet, convert_official_sinet
+from .deeplabv3plus import DEEPLABV3PLUS_OFFICIAL_CFG, DeepLabV3Plus, convert_official_deeplabv3plus
 
 StateDict = dict[str, torch.Tensor]
 
@@ -62,6 +63,14 @@ MODELS: dict[str, ModelSpec] = {
         official_cfg=SINET_OFFICIAL_CFG,
         official_kwargs={"num_classes": 2, "p": 2, "q": 8, "chnn": 1},
         description="SINet portrait segmentation (WACV 2020), 86,910 parameters",
+    ),
+    "deeplabv3plus": ModelSpec(
+        builder=DeepLabV3Plus,
+        convert_official=convert_official_deeplabv3plus,
+        default_cfg=DEEPLABV3PLUS_OFFICIAL_CFG.replace(source="random initialisation", licence="n/a", notes=""),
+        official_cfg=DEEPLABV3PLUS_OFFICIAL_CFG,
+        official_kwargs={"num_classes": 21, "backbone": "mobilenet_v2", "output_stride": 16},
+        description="DeepLabV3+ (ECCV 2018), VainF/DeepLabV3Plus-Pytorch; mobilenet_v2 os16: 5,225,717 parameters",
     ),
 }
 
