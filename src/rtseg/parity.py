@@ -79,6 +79,26 @@ def _sinet(m: re.Match, meta: dict[str, Any]) -> ParityCase:
     return ParityCase(model, get_spec("sinet").convert_official, _single)
 
 
+def _cgnet(m: re.Match, meta: dict[str, Any]) -> ParityCase:
+    from .models import create_model, get_spec
+
+    kw = _kwargs_from_call(m.group(1))
+    model = create_model("cgnet", num_classes=kw.get("classes", 19), M=kw.get("M", 3), N=kw.get("N", 21),
+                         dropout=bool(kw.get("dropout_flag", False)))
+    return ParityCase(model, get_spec("cgnet").convert_official, _single)
+
+
+def _bisenet(name: str) -> Callable[[re.Match, dict[str, Any]], ParityCase]:
+    """BiSeNetV1 / face-parsing BiSeNet: the references return (main, aux16, aux32) in eval mode
+    too, which rtseg gives with ``forward_all``."""
+    def make(m: re.Match, meta: dict[str, Any]) -> ParityCase:
+        from .models import create_model, get_spec
+
+        model = create_model(name, num_classes=int(m.group(1)))
+        return ParityCase(model, get_spec(name).convert_official, _tuple_outputs(lambda mod, x: mod.forward_all(x)))
+    return make
+
+
 def _deeplabv3plus(m: re.Match, meta: dict[str, Any]) -> ParityCase:
     from .models import create_model, get_spec
 
@@ -91,6 +111,12 @@ def _deeplabv3plus(m: re.Match, meta: dict[str, Any]) -> ParityCase:
 
 TARGETS: list[ParityTarget] = [
     ParityTarget("clovaai/ext_portrait_segmentation", r"Dnc_SINet\((.*)\)", _sinet, "SINet"),
+    ParityTarget("wutianyiRosun/CGNet", r"Context_Guided_Network\((.*)\)", _cgnet, "CGNet"),
+    ParityTarget("CoinCheung/BiSeNet",
+                 r"\bBiSeNetV1\((?:n_classes\s*=\s*)?(\d+)\s*(?:,\s*aux_mode\s*=\s*['\"]train['\"]\s*)?\)",
+                 _bisenet("bisenet_v1"), "BiSeNetV1 with its two auxiliary heads"),
+    ParityTarget("zllrunning/face-parsing.PyTorch", r"\bBiSeNet\((?:n_classes\s*=\s*)?(\d+)\s*\)",
+                 _bisenet("bisenet_face"), "face-parsing BiSeNet"),
     ParityTarget("VainF/DeepLabV3Plus-Pytorch", r"deeplabv3plus_(mobilenet|resnet50|resnet101)\((.*)\)",
                  _deeplabv3plus, "DeepLabV3+"),
 ]

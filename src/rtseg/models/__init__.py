@@ -15,6 +15,9 @@ from torch import nn
 from ..config import PORTRAIT_CLASSES, PretrainedCfg
 from ..errors import ModelNameError
 from .sinet import SINet, convert_official_sinet
+from .bisenet import (BISENET_FACE_OFFICIAL_CFG, BISENET_V1_OFFICIAL_CFG, BiSeNetFace, BiSeNetV1,
+                      convert_official_bisenet_face, convert_official_bisenet_v1)
+from .cgnet import CGNET_OFFICIAL_CFG, CGNet, convert_official_cgnet
 from .deeplabv3plus import DEEPLABV3PLUS_OFFICIAL_CFG, DeepLabV3Plus, convert_official_deeplabv3plus
 
 StateDict = dict[str, torch.Tensor]
@@ -63,6 +66,30 @@ MODELS: dict[str, ModelSpec] = {
         official_cfg=SINET_OFFICIAL_CFG,
         official_kwargs={"num_classes": 2, "p": 2, "q": 8, "chnn": 1},
         description="SINet portrait segmentation (WACV 2020), 86,910 parameters",
+    ),
+    "cgnet": ModelSpec(
+        builder=CGNet,
+        convert_official=convert_official_cgnet,
+        default_cfg=CGNET_OFFICIAL_CFG.replace(source="random initialisation", licence="n/a", notes=""),
+        official_cfg=CGNET_OFFICIAL_CFG,
+        official_kwargs={"num_classes": 19, "M": 3, "N": 21, "dropout": False},
+        description="CGNet (TIP 2020), wutianyiRosun/CGNet; M=3 N=21: 496,306 parameters",
+    ),
+    "bisenet_v1": ModelSpec(
+        builder=BiSeNetV1,
+        convert_official=convert_official_bisenet_v1,
+        default_cfg=BISENET_V1_OFFICIAL_CFG.replace(source="random initialisation", licence="n/a", notes=""),
+        official_cfg=BISENET_V1_OFFICIAL_CFG,
+        official_kwargs={"num_classes": 19},
+        description="BiSeNetV1 (ECCV 2018), CoinCheung/BiSeNet, ResNet-18: 13,425,721 parameters with aux heads",
+    ),
+    "bisenet_face": ModelSpec(
+        builder=BiSeNetFace,
+        convert_official=convert_official_bisenet_face,
+        default_cfg=BISENET_FACE_OFFICIAL_CFG.replace(source="random initialisation", licence="n/a", notes=""),
+        official_cfg=BISENET_FACE_OFFICIAL_CFG,
+        official_kwargs={"num_classes": 19},
+        description="BiSeNet face parsing, zllrunning/face-parsing.PyTorch (CelebAMask-HQ): 13,300,416 parameters",
     ),
     "deeplabv3plus": ModelSpec(
         builder=DeepLabV3Plus,
