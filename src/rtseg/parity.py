@@ -109,6 +109,60 @@ def _deeplabv3plus(m: re.Match, meta: dict[str, Any]) -> ParityCase:
     return ParityCase(model, get_spec("deeplabv3plus").convert_official, _single)
 
 
+def _centermask_cfg(text: str) -> dict[str, Any]:
+    """``cp.cfg(VOVNET__CONV_BODY='V-19-eSE', ...)`` overrides -> {"VOVNET__CONV_BODY": ...}."""
+    return _kwargs_from_call(text)
+
+
+def _vovnet(m: re.Match, meta: dict[str, Any]) -> ParityCase:
+    from .models.vovnet import VoVNet, convert_official_vovnet
+
+    cfg = _centermask_cfg(m.group(1))
+    out_features = re.findall(r"['\"](\w+)['\"]", m.group(3))
+    model = VoVNet(cfg.get("VOVNET__CONV_BODY", "V-39-eSE"), int(m.group(2)), out_features,
+                   norm=cfg.get("VOVNET__NORM", "FrozenBN"))
+    return ParityCase(model, convert_official_vovnet,
+                      lambda mod, xs: {f"output.{k}": v for k, v in mod(xs[0]).items()})
+
+
+def _centermask_sam(m: re.Match, meta: dict[str, Any]) -> ParityCase:
+    from .models.centermask import SpatialAttention
+
+    return ParityCase(SpatialAttention(int(_kwargs_from_call(m.group(0)).get("kernel_size", 3))), dict, _single)
+
+
+def _centermask_sag_mask_head(m: re.Match, meta: dict[str, Any]) -> ParityCase:
+    """The reference also records the SAM output inside the head as ``hook.spatialAtt``."""
+    from .models.centermask import SAGMaskHead, convert_official_sag_mask_head
+
+    cfg, shape = _centermask_cfg(m.group(1)), _kwargs_from_call(m.group(2))
+    model = SAGMaskHead(shape.get("channels", 256), cfg.get("ROI_MASK_HEAD__CONV_DIM", 256),
+                        cfg.get("ROI_MASK_HEAD__NUM_CONV", 4), cfg.get("ROI_HEADS__NUM_CLASSES", 80),
+                        bool(cfg.get("ROI_MASK_HEAD__CLS_AGNOSTIC_MASK", False)))
+
+    def run(mod: nn.Module, xs: list[torch.Tensor]) -> Outputs:
+        seen: dict[str, torch.Tensor] = {}
+        hook = mod.sam.register_forward_hook(lambda _m, _i, out: seen.__setitem__("hook.spatialAtt", out))
+        try:
+            return {"output": mod(xs[0]), **seen}
+        finally:
+            hook.remove()
+    return ParityCase(model, convert_official_sag_mask_head, run)
+
+
+def _centermask_fcos_head(m: re.Match, meta: dict[str, Any]) -> ParityCase:
+    from .models.centermask import FCOSHead, convert_official_fcos_head
+
+    cfg, shape = _centermask_cfg(m.group(1)), _kwargs_from_call(m.group(2))
+    model = FCOSHead(shape.get("channels", 256), cfg.get("FCOS__NUM_CLASSES", 80), cfg.get("FCOS__NUM_CLS_CONVS", 4),
+                     cfg.get("FCOS__NUM_BOX_CONVS", 4), int(m.group(3)), cfg.get("FCOS__NORM", "GN"),
+                     bool(cfg.get("FCOS__USE_SCALE", True)))
+
+    def run(mod: nn.Module, xs: list[torch.Tensor]) -> Outputs:
+        return {f"output.{i}.{level}": t for i, per_level in enumerate(mod(xs)) for level, t in enumerate(per_level)}
+    return ParityCase(model, convert_official_fcos_head, run)
+
+
 TARGETS: list[ParityTarget] = [
     ParityTarget("clovaai/ext_portrait_segmentation", r"Dnc_SINet\((.*)\)", _sinet, "SINet"),
     ParityTarget("wutianyiRosun/CGNet", r"Context_Guided_Network\((.*)\)", _cgnet, "CGNet"),
@@ -119,6 +173,13 @@ TARGETS: list[ParityTarget] = [
                  _bisenet("bisenet_face"), "face-parsing BiSeNet"),
     ParityTarget("VainF/DeepLabV3Plus-Pytorch", r"deeplabv3plus_(mobilenet|resnet50|resnet101)\((.*)\)",
                  _deeplabv3plus, "DeepLabV3+"),
+    ParityTarget("youngwanLEE/centermask2", r"\bVoVNet\(cp\.cfg\((.*?)\),\s*(\d+),\s*out_features=\[(.*?)\]\)",
+                 _vovnet, "VoVNetV2 backbone"),
+    ParityTarget("youngwanLEE/centermask2", r"\bSpatialAttention\((.*?)\)", _centermask_sam, "CenterMask SAM"),
+    ParityTarget("youngwanLEE/centermask2", r"\bSpatialAttentionMaskHead\(cp\.cfg\((.*?)\),\s*ShapeSpec\((.*?)\)\)",
+                 _centermask_sag_mask_head, "CenterMask SAG-Mask head"),
+    ParityTarget("youngwanLEE/centermask2", r"\bFCOSHead\(cp\.cfg\((.*?)\),\s*\[ShapeSpec\((.*?)\)\]\s*\*\s*(\d+)\)",
+                 _centermask_fcos_head, "CenterMask FCOS head"),
 ]
 
 

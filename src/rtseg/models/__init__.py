@@ -19,6 +19,8 @@ from .bisenet import (BISENET_FACE_OFFICIAL_CFG, BISENET_V1_OFFICIAL_CFG, BiSeNe
                       convert_official_bisenet_face, convert_official_bisenet_v1)
 from .cgnet import CGNET_OFFICIAL_CFG, CGNet, convert_official_cgnet
 from .deeplabv3plus import DEEPLABV3PLUS_OFFICIAL_CFG, DeepLabV3Plus, convert_official_deeplabv3plus
+from .centermask import (CENTERMASK_LITE_OFFICIAL_CFG, CENTERMASK_OFFICIAL_CFG, centermask, centermask_lite,
+                         convert_official_centermask)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -98,6 +100,24 @@ MODELS: dict[str, ModelSpec] = {
         official_cfg=DEEPLABV3PLUS_OFFICIAL_CFG,
         official_kwargs={"num_classes": 21, "backbone": "mobilenet_v2", "output_stride": 16},
         description="DeepLabV3+ (ECCV 2018), VainF/DeepLabV3Plus-Pytorch; mobilenet_v2 os16: 5,225,717 parameters",
+    ),
+    "centermask": ModelSpec(
+        builder=centermask,
+        convert_official=convert_official_centermask,
+        default_cfg=CENTERMASK_OFFICIAL_CFG.replace(source="random initialisation", licence="n/a"),
+        official_cfg=CENTERMASK_OFFICIAL_CFG,
+        official_kwargs={"num_classes": 80},
+        task="instance",
+        description="CenterMask (CVPR 2020), youngwanLEE/centermask2; V-39-eSE, FPN 256: 52,608,972 parameters",
+    ),
+    "centermask_lite": ModelSpec(
+        builder=centermask_lite,
+        convert_official=convert_official_centermask,
+        default_cfg=CENTERMASK_LITE_OFFICIAL_CFG.replace(source="random initialisation", licence="n/a"),
+        official_cfg=CENTERMASK_LITE_OFFICIAL_CFG,
+        official_kwargs={"num_classes": 80},
+        task="instance",
+        description="CenterMask-Lite, youngwanLEE/centermask2; V-19-slim-dw-eSE, FPN 128: 11,176,924 parameters",
     ),
 }
 
