@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("rtseg.commands.predict", "segment images, folders and videos"),
     "train": ("rtseg.commands.train", "train a model on a dataset"),
     "eval": ("rtseg.commands.evaluate", "evaluate a model (mIoU / COCO AP)"),
+    "label": ("rtseg.commands.label", "pseudo-label portrait images/videos with a face detector and teachers"),
+    "review": ("rtseg.commands.review", "review pseudo masks in the browser (accept / reject / flip)"),
 }
 
 
