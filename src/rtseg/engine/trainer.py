@@ -164,6 +164,8 @@ class Trainer:
         model = self.build_model(info.num_classes if info else None,
                                  info.class_names if info else (), info.palette if info else ())
         if cfg.sync_bn and dist_info.enabled:
+            if self.device.type == "cpu":
+                raise RtsegError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on the CPU (gloo)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
         train_set = self.task.train_dataset(cfg, model)

@@ -64,7 +64,8 @@ MODELS: dict[str, ModelSpec] = {
     "sinet": ModelSpec(
         builder=SINet,
         convert_official=convert_official_sinet,
-        default_cfg=SINET_OFFICIAL_CFG.replace(source="random initialisation", licence="n/a", notes=""),
+        default_cfg=SINET_OFFICIAL_CFG.replace(input_size=None, source="random initialisation", licence="n/a",
+                                                notes="official normalisation; any size, padded to 32"),
         official_cfg=SINET_OFFICIAL_CFG,
         official_kwargs={"num_classes": 2, "p": 2, "q": 8, "chnn": 1},
         description="SINet portrait segmentation (WACV 2020), 86,910 parameters",
