@@ -298,3 +298,22 @@ def test_skip_bad_goes_on(inputs, tmp_path, capsys):
     rc, out, _ = _run(["label", str(folder), "--out", str(folder / "ds"), "--teacher", _sinet_spec(),
                        "--skip-bad", "--no-progress"], capsys)
     assert rc == 0 and "labelled 1 new, 0 already done" in out
+
+
+def test_mediapipe_detector_and_teacher_when_installed(inputs, tmp_path, capsys):
+    """Runs where mediapipe (optional, with its bundled legacy models) is installed."""
+    pytest.importorskip("mediapipe", reason="mediapipe is optional and not installed here")
+    from rtseg.labeling.faces import MediaPipeFaceDetector
+
+    if not MediaPipeFaceDetector.available():
+        pytest.skip("this mediapipe has no bundled models (mp.solutions was removed)")
+    out = tmp_path / "ds"
+    rc, stdout, err = _run(["label", str(inputs["astronaut"]), "--out", str(out), "--teacher", _sinet_spec(),
+                            "--teacher", "mediapipe", "--face-detector", "mediapipe", "--no-progress"], capsys)
+    assert rc == 0, err
+    (item,) = read_queue(out)["items"]
+    assert list(item["teacher_masks"]) == ["sinet", "mediapipe"] and read_queue(out)["face_detector"] == "mediapipe"
+    x0, y0, x1, y1 = item["faces"][0]["box"]
+    assert _centre_in(FaceBox(x0, y0, x1, y1), ASTRONAUT_FACE) and 0 < item["faces"][0]["score"] <= 1
+    selfie = read_mask(DatasetLayout(out).resolve(item["teacher_masks"]["mediapipe"]))
+    assert selfie[y0:y1, x0:x1].mean() > 0.8 * 255 and item["teacher_iou"]["mediapipe"] > 0.6
