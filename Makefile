@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/rtseg predict assets/portrait.jpg --weights ../shared/parity/sinet_official_eg1800.pth --out out/demo
 
 test: $(STAMP)
+	sh scripts/install_browser.sh
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 clean:
