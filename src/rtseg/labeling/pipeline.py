@@ -43,7 +43,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image, save_png_atomic
+from ..data.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_output_dir, read_image, save_png_atomic
 from ..errors import DataError, RtsegError
 from .faces import FaceBox, FaceDetector, main_faces
 from .layout import (QUEUE_VERSION, DatasetLayout, read_json, write_bytes_atomic, write_json_atomic,
@@ -183,10 +183,11 @@ def _open_video(path: Path):
     return cap
 
 
-def read_video_frames(path: Path, every_seconds: float) -> Iterator[tuple[int, float, np.ndarray]]:
+def read_video_frames(path: PathLike, every_seconds: float) -> Iterator[tuple[int, float, np.ndarray]]:
     """``(frame index, time in seconds, RGB frame)`` every ``every_seconds`` of the video."""
     import cv2
 
+    path = Path(path)
     cap = _open_video(path)
     try:
         fps = _video_fps(cap, path)
@@ -436,6 +437,7 @@ def label_dataset(inputs: Sequence[PathLike], out: PathLike, teachers: Sequence[
         raise RtsegError("no teacher: give at least one --teacher MODEL:WEIGHTS (e.g. sinet:SINet.pth) "
                          "or --teacher mediapipe")
     layout = DatasetLayout(out)
+    check_output_dir(layout.root)  # one line naming the path, before anything is read or written
     sources = expand_inputs(inputs, exclude=layout.root)
     names = unique_names(teachers)
     specs = list(teacher_specs) if teacher_specs else [getattr(t, "source", t.name) for t in teachers]
