@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -114,9 +114,10 @@ class TrainConfig:
     boundary_weight: float = 0.0
     boundary_kernel: int = 15
     aux_weights: Sequence[float] = ()
-    class_weights: Optional[Sequence[float]] = None
+    class_weights: Optional[Union[Sequence[float], str]] = None  # one per class, or "auto" (ENet weights)
+    enet_c: float = 1.02  # c of the ENet weights 1/ln(c + p_k) ("auto"; CGNet uses 1.10)
     ohem_thresh: float = 0.7
-    ohem_min_kept: int = 100000
+    ohem_min_kept: Optional[int] = 100000  # None: CoinCheung's n_valid // 16
     ignore_index: int = 255
     workers: int = 0
     seed: int = 0

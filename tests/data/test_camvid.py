@@ -8,6 +8,7 @@ from PIL import Image
 from rtseg.data.camvid import camvid_label_map, read_camvid
 from rtseg.data.datasets import detect_layout, open_dataset, parse_data_spec
 from rtseg.errors import DataError
+from tests.layouts import random_rgb, write_camvid_list, write_camvid_sample
 
 H, W = 32, 48
 NAMES = {"train": ["0001TP_006690", "0001TP_006720"], "val": ["0016E5_07959"], "test": ["0001TP_008550"]}
@@ -21,11 +22,7 @@ def _mask(seed: int) -> np.ndarray:
 
 
 def _write(base: Path, split: str, name: str, mask: np.ndarray) -> None:
-    (base / split).mkdir(parents=True, exist_ok=True)
-    (base / f"{split}annot").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(name))
-    Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(base / split / f"{name}.png")
-    Image.fromarray(mask).save(base / f"{split}annot" / f"{name}.png")
+    write_camvid_sample(base, split, name, random_rgb(len(name), H, W), mask)
 
 
 @pytest.fixture
@@ -35,12 +32,6 @@ def camvid(tmp_path: Path) -> Path:
         for i, name in enumerate(names):
             _write(base, split, name, _mask(i))
     return base
-
-
-def _write_list(base: Path, split: str, names: list[str]) -> Path:
-    f = base / f"{split}.txt"
-    f.write_text("".join(f"/SegNet/CamVid/{split}/{n}.png /SegNet/CamVid/{split}annot/{n}.png\n" for n in names))
-    return f
 
 
 def test_label_map() -> None:
@@ -67,7 +58,7 @@ def test_splits(camvid: Path) -> None:
 
 
 def test_segnet_list_file_paths_resolved_under_root(camvid: Path) -> None:
-    _write_list(camvid, "train", NAMES["train"][::-1])  # list order wins over folder order
+    write_camvid_list(camvid, "train", NAMES["train"][::-1])  # list order wins over folder order
     samples, _ = read_camvid(camvid.parent, "train")  # root may also be the folder holding CamVid
     assert [Path(s.image).stem for s in samples] == NAMES["train"][::-1]
     assert all(Path(s.image).is_file() and str(camvid) in s.image for s in samples)
@@ -78,7 +69,7 @@ def test_segnet_list_file_paths_resolved_under_root(camvid: Path) -> None:
 
 
 def test_list_line_with_missing_annotation_is_named(camvid: Path) -> None:
-    _write_list(camvid, "train", NAMES["train"])
+    write_camvid_list(camvid, "train", NAMES["train"])
     (camvid / "trainannot" / f"{NAMES['train'][1]}.png").unlink()
     with pytest.raises(DataError, match=r"train.txt:2: listed annotation /SegNet/CamVid/trainannot/0001TP_006720.png"):
         read_camvid(camvid, "train")

@@ -9,6 +9,7 @@ from rtseg.data.celebamask import MASK_SIZE, read_celebamask, split_of
 from rtseg.data.classes import CELEBAMASK_CLASSES
 from rtseg.data.datasets import detect_layout, open_dataset, parse_data_spec
 from rtseg.errors import DataError
+from tests.layouts import random_rgb, write_celebamask_image, write_celebamask_mapping, write_celebamask_parts
 
 S = MASK_SIZE[0]  # 512: the annotation size of the dataset
 IDS = [0, 1, 2001]  # 2001 lives in mask folder 1
@@ -39,29 +40,13 @@ def _expected() -> np.ndarray:
     return out
 
 
-def _write_parts(base: Path, idx: int, parts: dict) -> None:
-    folder = base / "CelebAMask-HQ-mask-anno" / str(idx // 2000)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, mask in parts.items():
-        Image.fromarray(mask).save(folder / f"{idx:05d}_{name}.png")
-
-
 @pytest.fixture
 def celeba(tmp_path: Path) -> Path:
     base = tmp_path / "CelebAMask-HQ"
-    (base / "CelebA-HQ-img").mkdir(parents=True)
     for i in IDS:
-        rgb = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-        Image.fromarray(rgb).save(base / "CelebA-HQ-img" / f"{i}.jpg")
-        _write_parts(base, i, PARTS if i == 0 else {"skin": _box(100, 400, 100, 400)})
+        write_celebamask_image(base, i, random_rgb(i, 64, 64))
+        write_celebamask_parts(base, i, PARTS if i == 0 else {"skin": _box(100, 400, 100, 400)})
     return base
-
-
-def _write_mapping(base: Path, rows) -> Path:
-    f = base / "CelebA-HQ-to-CelebA-mapping.txt"
-    f.write_text("idx         orig_idx    orig_file\n" +
-                 "".join(f"{i:<12d}{o:<12d}{o + 1:06d}.jpg\n" for i, o in rows))
-    return f
 
 
 def test_merge_order_follows_face_parsing() -> None:
@@ -91,7 +76,7 @@ def test_parts_merged_through_dataset(celeba: Path) -> None:
 def test_official_split_by_celeba_index(celeba: Path) -> None:
     assert [split_of(i) for i in (0, 162769, 162770, 182636, 182637, 202598)] == \
         ["train", "train", "val", "val", "test", "test"]
-    _write_mapping(celeba, [(0, 119613), (1, 170000), (2001, 190000)])
+    write_celebamask_mapping(celeba, [(0, 119613), (1, 170000), (2001, 190000)])
     for split, ids in (("train", [0]), ("val", [1]), ("test", [2001])):
         samples, _ = read_celebamask(celeba, split)
         assert [int(s.name) for s in samples] == ids
@@ -112,20 +97,20 @@ def test_detection(celeba: Path) -> None:
 
 
 def test_errors_name_the_file(celeba: Path) -> None:
-    _write_mapping(celeba, [(0, 5), (7, 6)])
+    write_celebamask_mapping(celeba, [(0, 5), (7, 6)])
     with pytest.raises(DataError, match=r"mapping.txt:3: listed image .*7.jpg not found"):
         read_celebamask(celeba, "train")
     (celeba / "CelebA-HQ-to-CelebA-mapping.txt").unlink()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(celeba / "CelebA-HQ-img" / "5.jpg")
     with pytest.raises(DataError, match=r"CelebAMask-HQ-mask-anno[/\\]0: no part masks 00005_\*.png for image"):
         read_celebamask(celeba, "train")
-    _write_parts(celeba, 5, {"beard": _box(0, 1, 0, 1)})
+    write_celebamask_parts(celeba, 5, {"beard": _box(0, 1, 0, 1)})
     with pytest.raises(DataError, match=r"00005_beard.png: unknown CelebAMask-HQ part 'beard'"):
         read_celebamask(celeba, "train")
 
 
 def test_part_mask_of_another_size(celeba: Path) -> None:
-    _write_parts(celeba, 1, {"hair": np.zeros((256, 256), np.uint8)})
+    write_celebamask_parts(celeba, 1, {"hair": np.zeros((256, 256), np.uint8)})
     ds = open_dataset(f"celebamask:{celeba}", "train")
     with pytest.raises(DataError, match=r"00001_hair.png: part mask is 256x256, expected 512x512"):
         ds[1]

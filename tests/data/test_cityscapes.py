@@ -3,13 +3,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from rtseg.data.cityscapes import ID_TO_TRAIN_ID, cityscapes_label_map, read_cityscapes
 from rtseg.data.classes import CITYSCAPES_CLASSES
 from rtseg.data.datasets import detect_layout, open_dataset, parse_data_spec
 from rtseg.data.transforms import resize_transform
 from rtseg.errors import DataError
+from tests.layouts import random_rgb, write_cityscapes_sample
 
 H, W = 32, 48
 # raw label ids painted in horizontal bands of the fake label maps, and their expected train ids
@@ -24,16 +24,8 @@ def _label() -> np.ndarray:
 
 
 def _add(root: Path, split: str, city: str, name: str, label_size=(H, W)) -> None:
-    img_dir = root / "leftImg8bit" / split / city
-    lab_dir = root / "gtFine" / split / city
-    img_dir.mkdir(parents=True, exist_ok=True)
-    lab_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(name))
-    Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img_dir / f"{name}_leftImg8bit.png")
     lab = _label() if label_size == (H, W) else np.full(label_size, 7, np.uint8)
-    Image.fromarray(lab).save(lab_dir / f"{name}_gtFine_labelIds.png")
-    # the other gtFine files sit beside the label ids and must not confuse the reader
-    Image.fromarray(lab).save(lab_dir / f"{name}_gtFine_color.png")
+    write_cityscapes_sample(root, split, city, name, random_rgb(len(name), H, W), lab)
 
 
 @pytest.fixture

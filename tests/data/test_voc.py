@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 from rtseg.data.datasets import detect_layout, open_dataset, parse_data_spec
-from rtseg.data.voc import read_voc, voc_palette
+from rtseg.data.voc import read_voc
 from rtseg.errors import DataError
+from tests.layouts import random_rgb, save_palette_png, voc_base, write_voc_list, write_voc_sample
 
 H, W = 32, 48
 IDS = ["2007_000032", "2007_000039", "2008_000123"]
@@ -22,28 +23,15 @@ def _label(seed: int) -> np.ndarray:
     return m
 
 
-def _save_palette_png(array: np.ndarray, path: Path) -> None:
-    """A VOC-style palette PNG whose indices are ``array``."""
-    img = Image.frombytes("P", (array.shape[1], array.shape[0]), np.ascontiguousarray(array).tobytes())
-    img.putpalette([c for rgb in voc_palette(256) for c in rgb])
-    img.save(path)
-
-
 @pytest.fixture
 def voc(tmp_path: Path) -> Path:
-    base = tmp_path / "VOCdevkit" / "VOC2012"
-    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
-        (base / d).mkdir(parents=True)
+    base = voc_base(tmp_path)
     for i, name in enumerate(sorted(set(IDS) | set(AUG_IDS))):
-        rgb = np.random.default_rng(i).integers(0, 255, (H, W, 3), dtype=np.uint8)
-        Image.fromarray(rgb).save(base / "JPEGImages" / f"{name}.jpg")
-        Image.fromarray(_label(i)).save(base / "SegmentationClassAug" / f"{name}.png")  # greyscale ids
-        if name in IDS:
-            _save_palette_png(_label(i), base / "SegmentationClass" / f"{name}.png")
-    sets = base / "ImageSets" / "Segmentation"
-    (sets / "train.txt").write_text("\n".join(IDS[:2]) + "\n")
-    (sets / "val.txt").write_text(IDS[2] + "\n")
-    (sets / "trainval.txt").write_text("\n".join(IDS) + "\n")
+        # palette PNG in SegmentationClass for the VOC ids, greyscale ids in SegmentationClassAug for all
+        write_voc_sample(base, name, random_rgb(i, H, W), _label(i), palette=name in IDS, aug=True)
+    write_voc_list(base, "train", IDS[:2])
+    write_voc_list(base, "val", IDS[2:])
+    write_voc_list(base, "trainval", IDS)
     return tmp_path
 
 
@@ -109,7 +97,7 @@ def test_errors_name_the_file(voc: Path, tmp_path: Path) -> None:
 
 def test_mask_of_another_size(voc: Path) -> None:
     base = voc / "VOCdevkit" / "VOC2012"
-    _save_palette_png(np.zeros((H + 2, W), np.uint8), base / "SegmentationClass" / f"{IDS[0]}.png")
+    save_palette_png(np.zeros((H + 2, W), np.uint8), base / "SegmentationClass" / f"{IDS[0]}.png")
     ds = open_dataset(f"voc:{voc}", "train")
     with pytest.raises(DataError, match=r"2007_000032.png: mask is 48x34 but image .*2007_000032.jpg is 48x32"):
         ds[0]

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Optional, Union
 
 from ..config import TrainConfig
+from ..errors import RtsegError
 from .common import DEFAULT_MODEL, parse_kwargs, parse_size, setup_logging
 
 
@@ -22,13 +24,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=d.optimizer)
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--schedule", choices=["poly", "step", "none"], default=d.schedule)
+    p.add_argument("--poly-power", type=float, default=d.poly_power, help="poly schedule: lr * (1 - t/T)^power")
     p.add_argument("--size", type=parse_size, default=d.size, help="training crop HxW (default 224)")
     p.add_argument("--loss", choices=["ce", "lovasz", "ohem"], default=d.loss)
     p.add_argument("--boundary-weight", type=float, default=d.boundary_weight,
                    help="SINet boundary auxiliary loss weight (0: off)")
     p.add_argument("--boundary-kernel", type=int, default=d.boundary_kernel)
     p.add_argument("--aux-weights", type=float, nargs="*", default=list(d.aux_weights))
-    p.add_argument("--class-weights", type=float, nargs="*", default=None)
+    p.add_argument("--class-weights", nargs="*", default=None, metavar="auto|W",
+                   help="cross-entropy class weights: one per class, or 'auto' for ENet weights "
+                        "1/ln(c + p_k) from the training labels")
+    p.add_argument("--enet-c", type=float, default=d.enet_c, help="c of --class-weights auto (CGNet: 1.10)")
+    p.add_argument("--ohem-thresh", type=float, default=d.ohem_thresh,
+                   help="--loss ohem: pixels whose true-class probability is below this are hard")
+    p.add_argument("--ohem-min-kept", type=_min_kept, default=d.ohem_min_kept, metavar="N|auto",
+                   help="--loss ohem: keep at least N pixels (auto: valid pixels // 16, as CoinCheung)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--no-augment", action="store_true")
@@ -51,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
         momentum=args.momentum, schedule=args.schedule, size=tuple(args.size), loss=args.loss,
         boundary_weight=args.boundary_weight, boundary_kernel=args.boundary_kernel,
-        aux_weights=tuple(args.aux_weights), class_weights=args.class_weights, seed=args.seed,
+        aux_weights=tuple(args.aux_weights), class_weights=parse_class_weights(args.class_weights), seed=args.seed,
+        enet_c=args.enet_c, poly_power=args.poly_power, ohem_thresh=args.ohem_thresh, ohem_min_kept=args.ohem_min_kept,
         workers=args.workers, augment=not args.no_augment, max_steps=args.max_steps,
         save_every=args.save_every, resume=args.resume, amp=args.amp, grad_accum=args.grad_accum,
         sync_bn=args.sync_bn, progress=not args.no_progress)
@@ -60,3 +71,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: {result['out']}  best score {best:.4f}" if isinstance(best, float) and best > -1e30
           else f"done: {result['out']}")
     return 0
+
+
+def parse_class_weights(values: Optional[list[str]]) -> Union[None, str, tuple[float, ...]]:
+    """``--class-weights``: nothing -> None, ``auto`` -> "auto", numbers -> a tuple of floats."""
+    if not values:
+        return None
+    if values == ["auto"]:
+        return "auto"
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise RtsegError(f"--class-weights {' '.join(values)}: give 'auto' or one number per class") from None
+
+
+def _min_kept(text: str) -> Optional[int]:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels or 'auto'") from None

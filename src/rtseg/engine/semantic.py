@@ -1,6 +1,7 @@
 """Semantic segmentation as a :class:`~rtseg.engine.task.Task`: datasets, loss, evaluation."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import numpy as np
@@ -11,8 +12,10 @@ from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..data.datasets import SegmentationDataset, open_dataset
-from ..errors import DataError
+from ..errors import DataError, RtsegError
 from ..inference import normalize, prepare, restore
+
+log = logging.getLogger("rtseg.train")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -78,8 +81,30 @@ class SemanticTask:
 
         return SegmentationLoss(
             kind=cfg.loss, boundary_weight=cfg.boundary_weight, boundary_kernel=cfg.boundary_kernel,
-            aux_weights=tuple(cfg.aux_weights), class_weights=cfg.class_weights, ignore_index=cfg.ignore_index,
-            ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept)
+            aux_weights=tuple(cfg.aux_weights), class_weights=self.class_weights(cfg, num_classes),
+            ignore_index=cfg.ignore_index, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept)
+
+    def class_weights(self, cfg: TrainConfig, num_classes: int) -> Optional[list[float]]:
+        """``cfg.class_weights`` as a list of ``num_classes`` floats, or None. ``"auto"``: ENet
+        weights ``1 / ln(c + p_k)`` (``c = cfg.enet_c``) from the class frequencies ``p_k`` of the
+        raw training labels, as CGNet / ERFNet / SINet's data loaders compute them."""
+        weights = cfg.class_weights
+        if weights is None or (not isinstance(weights, str) and len(weights) == 0):
+            return None
+        if isinstance(weights, str):
+            if weights != "auto":
+                raise RtsegError(f"--class-weights {weights!r}: give 'auto' or one number per class")
+            from ..losses import enet_class_weights, label_histogram
+
+            train_set = self.open(cfg, "train")
+            hist = label_histogram(train_set, train_set.info.num_classes, train_set.info.ignore_index)
+            auto = enet_class_weights(hist, c=cfg.enet_c).tolist()
+            log.info("class weights (ENet, c=%g) from %d training labels: %s", cfg.enet_c, len(train_set),
+                     " ".join(f"{w:.3f}" for w in auto))
+            return auto
+        if num_classes and len(weights) != num_classes:
+            raise RtsegError(f"--class-weights: {len(weights)} weights given but {cfg.data} has {num_classes} classes")
+        return [float(w) for w in weights]
 
     def loss(self, model: nn.Module, batch: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
         images, masks = batch
@@ -88,11 +113,15 @@ class SemanticTask:
         return self.loss_fn(model(images), masks)
 
     def evaluate(self, model: nn.Module, dataset: Dataset, progress: bool = True, flip: bool = False,
-                 distributed: Any = None) -> dict[str, Any]:
+                 distributed: Any = None, window: Optional[tuple[int, int]] = None,
+                 stride: Optional[tuple[int, int]] = None) -> dict[str, Any]:
         """mIoU from a confusion matrix over whole images, at each image's own size, using the
         model's size rule (pad or resize) exactly as ``predict`` does; optional flip averaging.
+        With ``window`` (H, W) the logits come from overlapping crops averaged
+        (:func:`~rtseg.engine.sliding.sliding_window_logits`, ``stride`` between crops).
         Under torchrun each rank evaluates a shard and the matrices are summed."""
         from ..metrics import ConfusionMatrix
+        from .sliding import sliding_window_logits
 
         info = dataset.info
         cm = ConfusionMatrix(info.num_classes, info.ignore_index)
@@ -105,11 +134,16 @@ class SemanticTask:
             with torch.inference_mode():
                 for i in tqdm(indices, desc="eval", unit="img", disable=not progress, leave=False):
                     image, mask = dataset.load(i)
-                    x, size = prepare(image, cfg)
-                    logits = model(x)
-                    if flip:
-                        logits = logits + model(x.flip(-1)).flip(-1)
-                    pred = restore(logits.float(), size, cfg).argmax(1)[0]
+                    if window is not None:
+                        logits = sliding_window_logits(model, normalize(image, cfg), window, stride,
+                                                       cfg.size_divisor, flip)
+                    else:
+                        x, size = prepare(image, cfg)
+                        logits = model(x)
+                        if flip:
+                            logits = logits + model(x.flip(-1)).flip(-1)
+                        logits = restore(logits.float(), size, cfg)
+                    pred = logits.argmax(1)[0]
                     cm.update(pred, torch.from_numpy(mask.astype(np.int64)))
         finally:
             model.train(was_training)
