@@ -126,7 +126,7 @@ def parse_teacher(spec: str) -> Teacher:
                              f"(a teacher needs trained weights)")
         return ModelTeacher(load_model(name, None), name, source="packaged weights")
     if not Path(arg).exists():
-        raise RtsegError(f"teacher {spec!r}: weights file {arg} not found")
+        raise RtsegError(f"{arg}: weights file of teacher {spec!r} not found")
     return ModelTeacher(load_model(name, arg), name, source=str(arg))
 
 
