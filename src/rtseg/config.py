@@ -109,6 +109,7 @@ class TrainConfig:
     poly_power: float = 0.9
     step_size: int = 30
     step_gamma: float = 0.1
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first N optimiser steps
     size: tuple[int, int] = (224, 224)
     loss: str = "ce"  # ce | lovasz | ohem
     boundary_weight: float = 0.0

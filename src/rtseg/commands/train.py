@@ -25,7 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--schedule", choices=["poly", "step", "none"], default=d.schedule)
     p.add_argument("--poly-power", type=float, default=d.poly_power, help="poly schedule: lr * (1 - t/T)^power")
-    p.add_argument("--size", type=parse_size, default=d.size, help="training crop HxW (default 224)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="linear learning-rate warm-up over the first N steps (0: none)")
+    p.add_argument("--size", type=parse_size, default=d.size,
+                   help="training crop HxW (default 224); instance models: shortest-side range MINxMAX (128x160)")
     p.add_argument("--loss", choices=["ce", "lovasz", "ohem"], default=d.loss)
     p.add_argument("--boundary-weight", type=float, default=d.boundary_weight,
                    help="SINet boundary auxiliary loss weight (0: off)")
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         enet_c=args.enet_c, poly_power=args.poly_power, ohem_thresh=args.ohem_thresh, ohem_min_kept=args.ohem_min_kept,
         workers=args.workers, augment=not args.no_augment, max_steps=args.max_steps,
         save_every=args.save_every, resume=args.resume, amp=args.amp, grad_accum=args.grad_accum,
-        sync_bn=args.sync_bn, progress=not args.no_progress)
+        sync_bn=args.sync_bn, warmup_steps=args.warmup_steps, progress=not args.no_progress)
     result = train(cfg)
     best = result.get("best")
     print(f"done: {result['out']}  best score {best:.4f}" if isinstance(best, float) and best > -1e30

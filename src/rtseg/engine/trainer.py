@@ -49,12 +49,14 @@ class Interrupted(RtsegError):
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Learning rate at optimiser step ``step`` (0-based)."""
+    """Learning rate at optimiser step ``step`` (0-based); the first ``cfg.warmup_steps`` steps
+    are scaled linearly from 1/warmup_steps up to 1 (on top of the schedule)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     if cfg.schedule == "poly":
-        return cfg.lr * (1.0 - min(step, total_steps - 1) / max(total_steps, 1)) ** cfg.poly_power
+        return warm * cfg.lr * (1.0 - min(step, total_steps - 1) / max(total_steps, 1)) ** cfg.poly_power
     if cfg.schedule == "step":
-        return cfg.lr * cfg.step_gamma ** ((step // max(steps_per_epoch, 1)) // max(cfg.step_size, 1))
-    return cfg.lr
+        return warm * cfg.lr * cfg.step_gamma ** ((step // max(steps_per_epoch, 1)) // max(cfg.step_size, 1))
+    return warm * cfg.lr
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
