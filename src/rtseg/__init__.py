@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .checkpoint import load_model, load_official, save_model
 from .config import PretrainedCfg, TrainConfig
-from .errors import CheckpointError, DataError, ModelNameError, RtsegError
+from .errors import CheckpointError, DataError, ModelNameError, ModelOptionError, RtsegError
 from .models import create_model, list_models
 
 __version__ = "0.1.0"
@@ -19,4 +19,5 @@ def predict(model, image, **kwargs):  # noqa: ANN001 - documented in rtseg.infer
 __all__ = [
     "create_model", "list_models", "load_official", "load_model", "save_model", "predict",
     "PretrainedCfg", "TrainConfig", "RtsegError", "DataError", "CheckpointError", "ModelNameError",
+    "ModelOptionError",
 ]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import PretrainedCfg
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelNameError, ModelOptionError
 
 StateDict = dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -129,7 +129,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: StateDict, source: str 
         raise CheckpointError(f"{source}: does not fit {what}: " + "; ".join(parts))
     cast = {k: (v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v)
             for k, v in state_dict.items()}
-    model.load_state_dict(cast, strict=True)
+    try:
+        model.load_state_dict(cast, strict=True)
+    except RuntimeError as e:  # torch's multi-line message (e.g. a tensor torch cannot copy)
+        detail = (str(e).strip().splitlines() or [""])[-1].strip()[:200]
+        raise CheckpointError(f"{source}: does not load into {model_name or type(model).__name__} ({detail})") from e
 
 
 def _first(items: list[str], n: int = 4) -> str:
@@ -159,18 +163,27 @@ def save_model(model: nn.Module, path: PathLike, **extra: Any) -> None:
 def model_from_checkpoint(ckpt: Mapping[str, Any], source: str = "checkpoint",
                           expected_name: Optional[str] = None) -> nn.Module:
     """Rebuild a model from an rtseg checkpoint dict; refuse one of another architecture."""
-    from .models import attach_meta, get_spec
+    from .models import attach_meta, build_model, get_spec
 
     name = ckpt.get("model_name")
     if expected_name is not None and name != expected_name:
         raise CheckpointError(f"{source}: is a checkpoint of model {name!r}, not {expected_name!r}")
-    spec = get_spec(name)
-    kwargs = dict(ckpt.get("model_kwargs") or {})
     try:
-        model = spec.builder(**kwargs)
-    except TypeError as e:
-        raise CheckpointError(f"{source}: model_kwargs {kwargs} do not fit model {name!r} ({e})") from None
-    cfg = PretrainedCfg.from_dict(ckpt["pretrained_cfg"]) if ckpt.get("pretrained_cfg") else spec.default_cfg
+        spec = get_spec(name)
+    except ModelNameError as e:
+        raise CheckpointError(f"{source}: checkpoint names an {e}") from None
+    kwargs = ckpt.get("model_kwargs") or {}
+    if not isinstance(kwargs, Mapping) or not isinstance(ckpt["state_dict"], Mapping):
+        raise CheckpointError(f"{source}: malformed rtseg checkpoint (model_kwargs / state_dict are not dicts)")
+    kwargs = dict(kwargs)
+    try:
+        model = build_model(name, kwargs)
+    except ModelOptionError as e:
+        raise CheckpointError(f"{source}: model_kwargs do not fit: {e}") from e
+    try:
+        cfg = PretrainedCfg.from_dict(ckpt["pretrained_cfg"]) if ckpt.get("pretrained_cfg") else spec.default_cfg
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{source}: malformed pretrained_cfg ({type(e).__name__}: {e})") from e
     attach_meta(model, name, kwargs, cfg)
     load_state_dict_strict(model, ckpt["state_dict"], source, name)
     return model.eval()
@@ -210,7 +223,7 @@ def load_official(name: str, checkpoint: Union[PathLike, Mapping[str, Any]], *, 
     ``{'state_dict': ...}``) and ``module.`` prefixes are removed first. A state_dict that is
     already in rtseg's own key names loads as is.
     """
-    from .models import attach_meta, get_spec
+    from .models import attach_meta, build_model, get_spec
 
     spec = get_spec(name)
     if isinstance(checkpoint, Mapping):
@@ -221,10 +234,14 @@ def load_official(name: str, checkpoint: Union[PathLike, Mapping[str, Any]], *, 
         obj = read_checkpoint(checkpoint)
     sd = unwrap_state_dict(obj, src)
     model_kwargs = {**spec.official_kwargs, **kwargs}
-    model = spec.builder(**model_kwargs)
+    model = build_model(name, model_kwargs)
     own_keys = set(model.state_dict())
     if not set(sd) <= own_keys or len(own_keys - set(sd)) > 0:
-        sd = spec.convert_official(sd)
+        try:
+            sd = spec.convert_official(sd)
+        except (KeyError, ValueError, IndexError, TypeError, RuntimeError) as e:  # keys of another model
+            raise CheckpointError(f"{src}: does not fit model {name!r}: its keys do not convert to {name!r} "
+                                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from e
     attach_meta(model, name, model_kwargs, spec.official_cfg or spec.default_cfg)
     load_state_dict_strict(model, sd, src, name)
     return model.eval()

@@ -1,8 +1,9 @@
 """``rtseg`` command line: parses, calls the library, prints.
 
 Each sub-command lives in ``rtseg/commands/<name>.py`` with ``add_arguments(parser)`` and
-``run(args) -> int``. User errors (:class:`~rtseg.errors.RtsegError`, unwritable outputs) print
-one line and exit non-zero; ``--debug`` shows the traceback instead.
+``run(args) -> int``. User errors (:class:`~rtseg.errors.RtsegError`, and as a safety net any
+``OSError`` such as an unwritable output) print one line naming the file and exit non-zero;
+``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -50,10 +51,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         print(f"rtseg {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except PermissionError as e:
+    except OSError as e:  # the file system refused (permission, not a folder, disk full, ...)
         if debug:
             raise
-        print(f"rtseg {args.command}: error: {e.filename or ''}: permission denied", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        detail = e.strerror.lower() if e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"rtseg {args.command}: error: {where}{detail}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rtseg {args.command}: interrupted", file=sys.stderr)

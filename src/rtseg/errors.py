@@ -21,6 +21,10 @@ class CheckpointError(RtsegError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+class ModelOptionError(RtsegError):
+    """Model options (constructor keyword arguments) that the model rejects."""
+
+
 class ModelNameError(RtsegError, KeyError):
     """An unknown model name."""
 

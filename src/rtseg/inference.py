@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from .config import PretrainedCfg
-from .data.io import read_image, to_rgb_array
+from .data.io import pil_to_rgb, read_image
 from .errors import DataError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -28,7 +28,7 @@ def as_rgb(image: ImageLike, max_pixels: Optional[int] = None) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image) if max_pixels is None else read_image(image, max_pixels)
     if isinstance(image, Image.Image):
-        return to_rgb_array(image)
+        return pil_to_rgb(image) if max_pixels is None else pil_to_rgb(image, max_pixels)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)

@@ -2,9 +2,13 @@
 
 For an image ``NAME.ext`` it writes ``NAME_mask.png`` (class ids, palette PNG), ``NAME_overlay.png``
 (colour overlay) and, for portrait models, ``NAME_cutout.png`` (RGBA with the person only).
-For a video it writes ``NAME_overlay.mp4`` (and ``NAME_mask.mp4``): frames are read with OpenCV
-and written to a temporary file renamed at the end, so an interrupted run leaves nothing half
-written.
+For a video it writes ``NAME_overlay.mp4`` (and ``NAME_mask.mp4``), frames read with OpenCV.
+
+All or nothing: :func:`predict_paths` first checks every input (image headers against the pixel
+limit, videos open and give a frame, no two inputs with the same output names) and the output
+folder, before any model work; then every output goes to a hidden temporary file and all of them
+are renamed into place only once every input has succeeded. A run that fails (or is
+interrupted) on its last input leaves the output folder exactly as it was.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image, save_png_atomic
+from .data.io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ensure_output_dir,
+                      open_image_header, read_image, save_png_atomic)
 from .errors import DataError, RtsegError
 from .inference import predict_logits
 
@@ -53,32 +58,104 @@ def _palette(model: nn.Module, num_classes: int) -> np.ndarray:
     return model.pretrained_cfg.palette_array(num_classes)
 
 
-def check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{out_dir}: cannot create output folder ({e.strerror or e})") from None
-    if not os.access(out_dir, os.W_OK):
-        raise DataError(f"{out_dir}: output folder is not writable")
+class StagedOutputs:
+    """Outputs of one run, written under hidden temporary names in their final folder and renamed
+    into place together by :meth:`commit` (on leaving the ``with`` block without an error); on an
+    error every temporary file is removed, so earlier results are neither half-written nor
+    overwritten."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Path, Path] = {}
+
+    def temp_for(self, final: PathLike) -> Path:
+        """The temporary path to write ``final`` to (same folder and extension)."""
+        final = Path(final)
+        if final in self._pending:
+            raise DataError(f"{final}: two inputs of this run write the same output file")
+        tmp = final.with_name(f".{final.stem}.rtseg-tmp{final.suffix}")
+        self._pending[final] = tmp
+        return tmp
+
+    def commit(self) -> None:
+        for final, tmp in self._pending.items():
+            os.replace(tmp, final)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        for tmp in self._pending.values():
+            if tmp.exists():
+                tmp.unlink()
+        self._pending.clear()
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+        return False
+
+
+def check_inputs(paths: Iterable[PathLike], max_pixels: Optional[int] = None) -> list[Path]:
+    """Expand folders and check every input before any work is done (headers only, nothing is
+    decoded): images must be readable and within ``max_pixels`` (default
+    :data:`~rtseg.data.io.DEFAULT_MAX_PIXELS`), videos must open and give a first frame, and no two
+    inputs may write the same output names."""
+    files = expand_inputs(paths)
+    seen: dict[tuple[str, bool], Path] = {}
+    for f in files:
+        video = is_video(f)
+        if video:
+            frames, _fps, _count = iter_video_frames(f)
+            next(frames)  # decodes the first frame (checked readable) ...
+            frames.close()  # ... and releases the capture
+        else:
+            open_image_header(f, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels).close()
+        other = seen.setdefault((f.stem, video), f)
+        if other != f:
+            raise DataError(f"{f}: has the same name as {other}; their outputs ({f.stem}_mask...) would "
+                            f"overwrite each other")
+    return files
 
 
 def predict_image_file(model: nn.Module, path: PathLike, out_dir: PathLike, *, alpha: float = 0.5,
-                       max_pixels: Optional[int] = None, smoother: Any = None) -> dict[str, Path]:
-    """Segment one image file and write mask, overlay (and cut-out for portraits)."""
+                       max_pixels: Optional[int] = None, smoother: Any = None,
+                       stage: Optional[StagedOutputs] = None) -> dict[str, Path]:
+    """Segment one image file and write mask, overlay (and cut-out for portraits).
+
+    With ``stage`` the files are written to its temporary names (renamed when it commits)."""
     from .visualize import cutout_rgba, overlay_mask
 
     path, out_dir = Path(path), Path(out_dir)
     image = read_image(path) if max_pixels is None else read_image(path, max_pixels)
     logits = predict_logits(model, image)
+    num_classes = logits.shape[1]
     mask = logits.argmax(1)[0].to(torch.uint8).numpy()
-    pal = _palette(model, logits.shape[1])
+    del logits  # (C, H, W) float32: free it before drawing the overlay
+    pal = _palette(model, num_classes)
     written = {"mask": out_dir / f"{path.stem}_mask.png", "overlay": out_dir / f"{path.stem}_overlay.png"}
-    save_png_atomic(mask, written["mask"], palette=pal)
-    save_png_atomic(overlay_mask(image, mask, pal, alpha), written["overlay"])
     if _is_portrait(model):
         written["cutout"] = out_dir / f"{path.stem}_cutout.png"
-        save_png_atomic(cutout_rgba(image, mask, 1), written["cutout"])
+    target = {k: (stage.temp_for(v) if stage is not None else v) for k, v in written.items()}
+    save_png_atomic(mask, target["mask"], palette=pal)
+    save_png_atomic(_by_bands(lambda im, m: overlay_mask(im, m, pal, alpha), image, mask, 3), target["overlay"])
+    if "cutout" in target:
+        save_png_atomic(_by_bands(lambda im, m: cutout_rgba(im, m, 1), image, mask, 4), target["cutout"])
     return written
+
+
+def _by_bands(draw: Any, image: np.ndarray, mask: np.ndarray, channels: int,
+              band_pixels: int = 1 << 20) -> np.ndarray:
+    """``draw(image, mask)`` computed in bands of rows (about ``band_pixels`` pixels each) into one
+    uint8 (H, W, channels) array: the float temporaries of drawing stay bounded on huge images."""
+    h, w = mask.shape
+    rows = max(1, band_pixels // max(w, 1))
+    out = np.empty((h, w, channels), np.uint8)
+    for r in range(0, h, rows):
+        out[r:r + rows] = draw(image[r:r + rows], mask[r:r + rows])
+    return out
 
 
 def iter_video_frames(path: Path) -> tuple[Iterator[np.ndarray], float, int]:
@@ -109,8 +186,10 @@ def iter_video_frames(path: Path) -> tuple[Iterator[np.ndarray], float, int]:
 
 
 def predict_video_file(model: nn.Module, path: PathLike, out_dir: PathLike, *, alpha: float = 0.5,
-                       smooth: bool = False, progress: bool = True) -> dict[str, Path]:
-    """Segment every frame of a video; writes ``NAME_overlay.mp4`` and ``NAME_mask.mp4``."""
+                       smooth: bool = False, progress: bool = True,
+                       stage: Optional[StagedOutputs] = None) -> dict[str, Path]:
+    """Segment every frame of a video; writes ``NAME_overlay.mp4`` and ``NAME_mask.mp4`` (to
+    temporary files renamed at the end, or renamed when ``stage`` commits)."""
     import cv2
 
     from .visualize import overlay_mask
@@ -123,7 +202,8 @@ def predict_video_file(model: nn.Module, path: PathLike, out_dir: PathLike, *, a
 
         smoother = TemporalSmoother()
     targets = {"overlay": out_dir / f"{path.stem}_overlay.mp4", "mask": out_dir / f"{path.stem}_mask.mp4"}
-    tmps = {k: v.with_name(f".{v.stem}.tmp.mp4") for k, v in targets.items()}
+    tmps = {k: (stage.temp_for(v) if stage is not None else v.with_name(f".{v.stem}.tmp.mp4"))
+            for k, v in targets.items()}
     writers: dict[str, Any] = {}
     pal = None
     try:
@@ -147,8 +227,9 @@ def predict_video_file(model: nn.Module, path: PathLike, out_dir: PathLike, *, a
             writers["mask"].write(cv2.cvtColor(pal[mask], cv2.COLOR_RGB2BGR))
         for wr in writers.values():
             wr.release()
-        for k, tmp in tmps.items():
-            os.replace(tmp, targets[k])
+        if stage is None:
+            for k, tmp in tmps.items():
+                os.replace(tmp, targets[k])
     except BaseException:
         for wr in writers.values():
             wr.release()
@@ -161,18 +242,24 @@ def predict_video_file(model: nn.Module, path: PathLike, out_dir: PathLike, *, a
 
 def predict_paths(model: nn.Module, inputs: Iterable[PathLike], out_dir: PathLike, *, alpha: float = 0.5,
                   smooth: bool = False, progress: bool = True, max_pixels: Optional[int] = None) -> list[dict[str, Path]]:
-    """Images, folders and videos -> written files (one dict per input)."""
-    files = expand_inputs(inputs)
-    out = Path(out_dir)
-    check_writable(out)
+    """Images, folders and videos -> written files (one dict per input).
+
+    All or nothing (module docstring): inputs and ``out_dir`` are checked first, and the outputs
+    appear only when every input succeeded."""
+    files = check_inputs(inputs, max_pixels)
+    out = ensure_output_dir(out_dir)
     results = []
     images = [f for f in files if not is_video(f)]
     bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress or len(images) < 2)
-    for f in files:
-        if is_video(f):
-            results.append(predict_video_file(model, f, out, alpha=alpha, smooth=smooth, progress=progress))
-        else:
-            results.append(predict_image_file(model, f, out, alpha=alpha, max_pixels=max_pixels))
-            bar.update(1)
-    bar.close()
+    try:
+        with StagedOutputs() as stage:
+            for f in files:
+                if is_video(f):
+                    results.append(predict_video_file(model, f, out, alpha=alpha, smooth=smooth, progress=progress,
+                                                      stage=stage))
+                else:
+                    results.append(predict_image_file(model, f, out, alpha=alpha, max_pixels=max_pixels, stage=stage))
+                    bar.update(1)
+    finally:
+        bar.close()
     return results

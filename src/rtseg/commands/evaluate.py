@@ -24,11 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.datasets import open_dataset
+    from ..data.io import check_output_dir, write_text_atomic
     from ..errors import DataError, RtsegError
     from ..models import get_spec
 
     if args.stride is not None and args.sliding_window is None:
         raise RtsegError("--stride needs --sliding-window HxW")
+    if args.json:
+        check_output_dir(Path(args.json).parent)  # before the evaluation, not after it
     model = load_model_from_args(args)
     if get_spec(model.rtseg_name).task == "instance":
         from ..engine.instance import evaluate_cli
@@ -48,6 +51,5 @@ def run(args: argparse.Namespace) -> int:
         out = {k: v for k, v in metrics.items() if k != "table"}
         out.update(model=args.model, weights=args.weights, data=args.data, split=args.split, flip=args.flip,
                    sliding_window=args.sliding_window, stride=args.stride)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_text_atomic(json.dumps(out, indent=2), args.json)
     return 0

@@ -18,8 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import predict_paths
+    from ..data.io import check_output_dir
+    from ..pipeline import check_inputs, predict_paths
 
+    check_inputs(args.inputs, args.max_pixels)  # bad inputs / output folder: fail before loading weights
+    check_output_dir(args.out)
     model = load_model_from_args(args)
     model = _with_backend(model, args.backend)
     results = predict_paths(model, args.inputs, args.out, alpha=args.alpha, smooth=args.smooth,

@@ -19,12 +19,18 @@ from ..errors import DataError
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-#: Default refusal limit for decoding (about 16k x 16k): a larger header is refused up front
-#: instead of allocating gigabytes. Override with the ``max_pixels`` argument / ``--max-pixels``.
-DEFAULT_MAX_PIXELS = 268_435_456
+#: Default refusal limit for decoding: 8192 x 8192 = 64 Mi pixels (a 50-61 MP camera photo
+#: passes). A larger header is refused before any pixel is decoded, so memory stays bounded
+#: (README, "Limits"). Override with the ``max_pixels`` argument / ``rtseg predict --max-pixels``.
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
-def _open(path: PathLike, max_pixels: Optional[int]) -> Image.Image:
+def open_image_header(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` lazily: only the header is parsed (format, mode, size), no pixel is decoded.
+
+    Refuses missing, empty and unrecognised files and a size above ``max_pixels`` before any
+    pixel memory is allocated, so a 20000x20000 header costs nothing.
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: file not found")
@@ -49,10 +55,15 @@ def _open(path: PathLike, max_pixels: Optional[int]) -> Image.Image:
                         f"(raise it with --max-pixels)")
     if w < 1 or h < 1:
         raise DataError(f"{p}: image has an empty size {w}x{h}")
+    return img
+
+
+def _open(path: PathLike, max_pixels: Optional[int]) -> Image.Image:
+    img = open_image_header(path, max_pixels)
     try:
         img.load()
     except Exception as e:
-        raise DataError(f"{p}: image data is truncated or corrupt ({type(e).__name__})") from None
+        raise DataError(f"{path}: image data is truncated or corrupt ({type(e).__name__})") from None
     return img
 
 
@@ -74,6 +85,20 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA", "LA") else img.convert("RGB")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def pil_to_rgb(img: Image.Image, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An already opened PIL image -> RGB uint8 (H, W, 3) with :func:`read_image`'s checks (pixel
+    limit, truncated data), errors named by the image's file name when it has one."""
+    w, h = img.size
+    name = getattr(img, "filename", "") or f"PIL image ({img.mode}, {w}x{h})"
+    if max_pixels is not None and w * h > max_pixels:
+        raise DataError(f"{name}: image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
+                        f"(raise it with --max-pixels)")
+    try:
+        return to_rgb_array(img)
+    except Exception as e:
+        raise DataError(f"{name}: image data is truncated or corrupt ({type(e).__name__})") from None
 
 
 def read_image(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -116,10 +141,52 @@ def list_images(folder: PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+def check_output_dir(path: PathLike) -> Path:
+    """Refuse an output folder that cannot be created or written, without creating anything.
+
+    The message starts with the path at fault: the folder itself, or the nearest existing
+    ancestor when that is a regular file or not writable.
+    """
+    p = Path(path)
+    probe = p
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "exists and is not a folder" if probe == p else f"is not a folder, cannot create {p} inside it"
+        raise DataError(f"{probe}: {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DataError(f"{probe}: folder is not writable" + ("" if probe == p else f", cannot create {p}"))
+    return p
+
+
+def ensure_output_dir(path: PathLike) -> Path:
+    """:func:`check_output_dir`, then create the folder (with its parents)."""
+    p = check_output_dir(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{p}: cannot create output folder ({e.strerror or e})") from None
+    return p
+
+
+def write_text_atomic(text: str, path: PathLike) -> None:
+    """Write a text file via temp file + rename (the old file stays until the new one is complete)."""
+    path = Path(path)
+    ensure_output_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp.exists():
+            tmp.unlink()
+        raise DataError(f"{path}: cannot write output ({e.strerror or e})") from None
+
+
 def save_png_atomic(array: np.ndarray, path: PathLike, palette: Optional[np.ndarray] = None) -> None:
     """Write a PNG via temp file + rename, so an interrupted run never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(path.parent)
     img = Image.fromarray(array)
     if palette is not None and array.ndim == 2:
         img = img.convert("P")
@@ -130,7 +197,9 @@ def save_png_atomic(array: np.ndarray, path: PathLike, palette: Optional[np.ndar
     try:
         img.save(tmp, format="PNG")
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         if tmp.exists():
             tmp.unlink()
-        raise DataError(f"{path}: cannot write output ({e.strerror or e})") from None
+        if isinstance(e, OSError):
+            raise DataError(f"{path}: cannot write output ({e.strerror or e})") from None
+        raise

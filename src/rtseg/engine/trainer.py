@@ -31,8 +31,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import atomic_save, load_model, model_checkpoint, read_checkpoint, save_model
+from ..checkpoint import (atomic_save, load_model, load_state_dict_strict, model_checkpoint, read_checkpoint,
+                          save_model)
 from ..config import TrainConfig
+from ..data.io import check_output_dir, ensure_output_dir, write_text_atomic
 from ..errors import CheckpointError, RtsegError
 from ..models import attach_meta, create_model, get_spec
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, device_for, init_distributed
@@ -160,6 +162,8 @@ class Trainer:
         if cfg.batch_size % (dist_info.world_size * cfg.grad_accum):
             raise RtsegError(f"--batch-size {cfg.batch_size} does not divide by world size {dist_info.world_size} "
                              f"x grad accumulation {cfg.grad_accum}")
+        if dist_info.is_main:
+            check_output_dir(self.out)  # an unwritable --out fails now, not after the first epoch
         seed_everything(cfg.seed)
         dataset_probe = self.task.open(self.cfg, "train") if hasattr(self.task, "open") else None
         info = getattr(dataset_probe, "info", None)
@@ -192,7 +196,7 @@ class Trainer:
             if state.get("model_name") != cfg.model:
                 raise CheckpointError(f"{last}: is a checkpoint of model {state.get('model_name')!r}, not {cfg.model!r}")
             model_sd = state["state_dict"]
-            (model.module if hasattr(model, "module") else model).load_state_dict(model_sd, strict=True)
+            load_state_dict_strict(model.module if hasattr(model, "module") else model, model_sd, str(last), cfg.model)
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
             best = state.get("best", -math.inf)
@@ -208,14 +212,15 @@ class Trainer:
             self.task.loss_fn = self.task.make_loss(cfg, info.num_classes if info else 0)
 
         if dist_info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2))
+            ensure_output_dir(self.out)  # config.json is written with the first checkpoint: a run that
+            # fails on bad data before then leaves an earlier run's files in --out as they were
         old_handlers = self._install_signals()
         amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
 
         def save(epoch: int, step_in_epoch: int) -> None:
             if not dist_info.is_main:
                 return
+            write_text_atomic(json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2), self.out / "config.json")
             atomic_save(model_checkpoint(model, optimizer=optimizer.state_dict(), epoch=epoch,
                                          step_in_epoch=step_in_epoch, global_step=global_step, best=best,
                                          history=history, rng=rng_state(), train_config=_jsonable(dataclasses.asdict(cfg))),

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import PORTRAIT_CLASSES, PretrainedCfg
-from ..errors import ModelNameError
+from ..errors import ModelNameError, ModelOptionError
 from .sinet import SINet, convert_official_sinet
 from .bisenet import (BISENET_FACE_OFFICIAL_CFG, BISENET_V1_OFFICIAL_CFG, BiSeNetFace, BiSeNetV1,
                       convert_official_bisenet_face, convert_official_bisenet_v1)
@@ -145,9 +145,20 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
         from ..checkpoint import load_packaged_weights
 
         return load_packaged_weights(name, **kwargs)
-    model = spec.builder(**kwargs)
+    model = build_model(name, kwargs)
     attach_meta(model, name, kwargs, spec.default_cfg)
     return model
+
+
+def build_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``MODELS[name].builder(**kwargs)``; options the constructor rejects (an unknown keyword, a
+    bad value such as ``backbone="nope"``) raise a one-line :class:`ModelOptionError`."""
+    spec = get_spec(name)
+    try:
+        return spec.builder(**kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelOptionError(f"model {name!r}: options {kwargs} rejected ({type(e).__name__}: {detail})") from e
 
 
 def attach_meta(model: nn.Module, name: str, kwargs: dict[str, Any], cfg: PretrainedCfg) -> nn.Module:
@@ -160,4 +171,4 @@ def attach_meta(model: nn.Module, name: str, kwargs: dict[str, Any], cfg: Pretra
     return model
 
 
-__all__ = ["MODELS", "ModelSpec", "create_model", "list_models", "get_spec", "attach_meta"]
+__all__ = ["MODELS", "ModelSpec", "create_model", "build_model", "list_models", "get_spec", "attach_meta"]
