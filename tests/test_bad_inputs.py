@@ -443,8 +443,7 @@ def _dataset(d: Path, sc: Scenario, split: str) -> str:
     if sc.image is not None:
         (root / split / "images" / "0000.png").unlink()
         target = root / split / "images" / f"0000{sc.image.suffix}"
-        if sc.image.exists():
-            target.write_bytes(sc.image.read_bytes())
+        target.write_bytes(sc.image.read_bytes())
         sc.blame = str(target)
         if sc.shape is not None:
             m = np.zeros(sc.shape, np.uint8)
