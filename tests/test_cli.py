@@ -56,10 +56,10 @@ def test_predict_folder_and_video(tmp_path, official_sinet):
 
 def test_train_eval_resume_cli(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "d", n_train=8, n_val=2)
-    args = ["train", "--data", f"folder:{data}", "--out", str(tmp_path / "run"), "--epochs", "1",
-            "--batch-size", "4", "--size", "64", "--no-progress"]
-    assert main(args) == 0
-    assert main(args[:-3] + ["2", "--no-progress", "--resume"]) == 0
+    args = ["train", "--data", f"folder:{data}", "--out", str(tmp_path / "run"), "--batch-size", "4", "--size", "64",
+            "--no-progress", "--epochs"]
+    assert main(args + ["1"]) == 0
+    assert main(args + ["2", "--resume"]) == 0
     assert main(["eval", "--weights", str(tmp_path / "run" / "best.pt"), "--data", f"folder:{data}",
                  "--json", str(tmp_path / "m.json"), "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -125,7 +125,7 @@ class TrainConfig:
     resume: bool = False
     val_data: Optional[str] = None
     augment: bool = True
-    max_steps: Optional[int] = None  # stop after this many optimiser steps (for smoke runs)
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (the schedule still spans epochs)
     log_every: int = 10
     save_every: int = 0  # also checkpoint every N optimiser steps (0: only at epoch ends)
     amp: bool = False

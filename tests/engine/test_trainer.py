@@ -21,7 +21,7 @@ def _cfg(data, out, **kw):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return make_folder_dataset(tmp_path_factory.mktemp("toy"), n_train=12, n_val=4)
+    return make_folder_dataset(tmp_path_factory.mktemp("toy"), n_train=24, n_val=4)
 
 
 def _weights(path):
@@ -29,13 +29,14 @@ def _weights(path):
 
 
 def test_training_learns_the_toy_task(toy, tmp_path):
-    """40 steps of SINet from scratch: the loss falls and val mIoU passes 0.75 (a broken loss,
-    label mapping or augmentation stays near the 0.4 of predicting one class everywhere)."""
-    result = train(_cfg(toy, tmp_path / "run", epochs=14, boundary_weight=0.5))
+    """72 steps of SINet from scratch: the loss falls and val mIoU passes 0.85 (a broken loss,
+    label mapping or augmentation stays near the 0.34 of predicting one class everywhere; SINet's
+    BN running statistics need ~50 steps to settle, so earlier epochs evaluate near 0.34)."""
+    result = train(_cfg(toy, tmp_path / "run", epochs=12, boundary_weight=0.5))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 14
+    assert len(rows) == 12
     assert rows[-1]["train_loss"] < 0.6 * rows[0]["train_loss"]
-    assert result["best"] > 0.75, rows
+    assert result["best"] > 0.85, rows
     model = rtseg.load_model("sinet", tmp_path / "run" / "best.pt")
     assert model.pretrained_cfg.class_names == ("background", "person")
     assert (tmp_path / "run" / "steps.csv").read_text().startswith("epoch,step,loss,lr")
@@ -44,7 +45,8 @@ def test_training_learns_the_toy_task(toy, tmp_path):
 def test_resume_is_exact(toy, tmp_path):
     """train 2 epochs == train 1 epoch, stop, resume for the second: bit-identical weights."""
     train(_cfg(toy, tmp_path / "full", epochs=2))
-    train(_cfg(toy, tmp_path / "split", epochs=1))
+    train(_cfg(toy, tmp_path / "split", epochs=2, max_steps=6))  # 24 images / batch 4: stops after epoch 1
+    assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["epoch"] == 1
     train(_cfg(toy, tmp_path / "split", epochs=2, resume=True))
     a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "split" / "last.pt")
     assert a.keys() == b.keys()

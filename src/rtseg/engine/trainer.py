@@ -83,13 +83,20 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """torch / numpy / python RNG states in types ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": random.getstate()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def seed_everything(seed: int) -> None:
@@ -182,9 +189,8 @@ class Trainer:
         steps_per_epoch = len(train_set) // cfg.batch_size
         if steps_per_epoch == 0:
             raise RtsegError(f"{cfg.data}: {len(train_set)} training samples, fewer than one batch of {cfg.batch_size}")
-        total_steps = steps_per_epoch * cfg.epochs
-        if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps)
+        total_steps = steps_per_epoch * cfg.epochs  # the schedule always spans --epochs
+        stop_at = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
 
         start_epoch, start_step, global_step, best = 0, 0, 0, -math.inf
         history: list[dict[str, Any]] = []
@@ -229,14 +235,15 @@ class Trainer:
         result: dict[str, Any] = {}
         try:
             for epoch in range(start_epoch, cfg.epochs):
-                if global_step >= total_steps:
+                if global_step >= stop_at:
                     break
                 order = epoch_order(cfg.seed, epoch, len(train_set))
                 bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            unit="step", disable=not (cfg.progress and dist_info.is_main), dynamic_ncols=True)
                 running, count, t0 = 0.0, 0, time.perf_counter()
+                done_in_epoch = start_step
                 for step in range(start_step, steps_per_epoch):
-                    if global_step >= total_steps:
+                    if global_step >= stop_at:
                         break
                     lr = lr_at(cfg, global_step, total_steps, steps_per_epoch)
                     for group in optimizer.param_groups:
@@ -264,6 +271,7 @@ class Trainer:
                     global_step += 1
                     running += loss_value
                     count += 1
+                    done_in_epoch = step + 1
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
                     bar.update(1)
                     if dist_info.is_main and cfg.log_every and global_step % cfg.log_every == 0:
@@ -281,6 +289,9 @@ class Trainer:
                         raise Interrupted(f"stopped by signal {signal.Signals(signum).name}; checkpoint saved to "
                                           f"{last}; continue with --resume", int(signum))
                 bar.close()
+                if done_in_epoch < steps_per_epoch:  # --max-steps reached inside the epoch
+                    save(epoch, done_in_epoch)
+                    break
                 start_step = 0
                 epoch_loss = all_reduce_mean(running / max(count, 1), dist_info)
                 row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "train_loss": epoch_loss,
@@ -290,8 +301,9 @@ class Trainer:
                                                  distributed=dist_info)
                     row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                     score = metrics["score"]
-                    if score > best:
-                        best = score
+                    score = -math.inf if math.isnan(score) else score  # a NaN mIoU never beats a number
+                    if score > best or not (self.out / "best.pt").exists():
+                        best = max(best, score)
                         if dist_info.is_main:
                             save_model(model, self.out / "best.pt")
                 history.append(row)
