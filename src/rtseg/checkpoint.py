@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from .config import PretrainedCfg
 from .errors import CheckpointError, ModelNameError, ModelOptionError
+from .fileio import atomic_write
 
 StateDict = dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -26,32 +26,9 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A reader never sees a half-written file and the previous file stays until the new one is
-    complete (rename is atomic on POSIX within a filesystem).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` atomically (see :mod:`rtseg.fileio`): the previous file stays until the new
+    one is complete."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_checkpoint(path: PathLike) -> Any:

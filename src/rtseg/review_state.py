@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import DataError
+from .fileio import write_text_atomic
 
 FORMAT_VERSION = 1
 DECISIONS = ("accept", "reject", "flip")
@@ -67,23 +67,7 @@ def write_review(path: PathLike, review: dict) -> None:
     if not isinstance(review, dict) or not isinstance(review.get("decisions"), dict):
         raise DataError(f"{path}: refusing to write a review without a 'decisions' mapping")
     text = json.dumps({**review, "version": FORMAT_VERSION}, indent=1, sort_keys=True) + "\n"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise DataError(f"{path}: cannot write review file ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise DataError(f"{path}: cannot write review file ({e.strerror or e})") from None
-        raise
-    _fsync_dir(path.parent)
+    write_text_atomic(path, text)
 
 
 def record_decision(path: PathLike, name: str, decision: str, **extra: Any) -> dict:
@@ -109,14 +93,3 @@ def clear_decision(path: PathLike, name: str) -> None:
         write_review(path, review)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

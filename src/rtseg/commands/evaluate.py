@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.datasets import open_dataset
-    from ..data.io import check_output_dir, write_text_atomic
+    from ..data.io import check_output_dir
+    from ..fileio import write_text_atomic
     from ..errors import DataError, RtsegError
     from ..models import get_spec
 
@@ -51,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
         out = {k: v for k, v in metrics.items() if k != "table"}
         out.update(model=args.model, weights=args.weights, data=args.data, split=args.split, flip=args.flip,
                    sliding_window=args.sliding_window, stride=args.stride)
-        write_text_atomic(json.dumps(out, indent=2), args.json)
+        write_text_atomic(args.json, json.dumps(out, indent=2))
     return 0

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import DataError
+from ..fileio import atomic_write
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -169,22 +170,8 @@ def ensure_output_dir(path: PathLike) -> Path:
     return p
 
 
-def write_text_atomic(text: str, path: PathLike) -> None:
-    """Write a text file via temp file + rename (the old file stays until the new one is complete)."""
-    path = Path(path)
-    ensure_output_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp.exists():
-            tmp.unlink()
-        raise DataError(f"{path}: cannot write output ({e.strerror or e})") from None
-
-
 def save_png_atomic(array: np.ndarray, path: PathLike, palette: Optional[np.ndarray] = None) -> None:
-    """Write a PNG via temp file + rename, so an interrupted run never leaves half a file."""
+    """Write a PNG atomically (temp file + rename), so an interrupted run never leaves half a file."""
     path = Path(path)
     ensure_output_dir(path.parent)
     img = Image.fromarray(array)
@@ -193,13 +180,4 @@ def save_png_atomic(array: np.ndarray, path: PathLike, palette: Optional[np.ndar
         flat = np.zeros((256, 3), np.uint8)
         flat[: len(palette)] = palette[:256]
         img.putpalette(flat.reshape(-1).tolist())
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp.exists():
-            tmp.unlink()
-        if isinstance(e, OSError):
-            raise DataError(f"{path}: cannot write output ({e.strerror or e})") from None
-        raise
+    atomic_write(path, lambda f: img.save(f, format="PNG"))

@@ -34,7 +34,8 @@ from tqdm import tqdm
 from ..checkpoint import (atomic_save, load_model, load_state_dict_strict, model_checkpoint, read_checkpoint,
                           save_model)
 from ..config import TrainConfig
-from ..data.io import check_output_dir, ensure_output_dir, write_text_atomic
+from ..data.io import check_output_dir, ensure_output_dir
+from ..fileio import write_text_atomic
 from ..errors import CheckpointError, RtsegError
 from ..models import attach_meta, create_model, get_spec
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, device_for, init_distributed
@@ -226,7 +227,7 @@ class Trainer:
         def save(epoch: int, step_in_epoch: int) -> None:
             if not dist_info.is_main:
                 return
-            write_text_atomic(json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2), self.out / "config.json")
+            write_text_atomic(self.out / "config.json", json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2))
             atomic_save(model_checkpoint(model, optimizer=optimizer.state_dict(), epoch=epoch,
                                          step_in_epoch=step_in_epoch, global_step=global_step, best=best,
                                          history=history, rng=rng_state(), train_config=_jsonable(dataclasses.asdict(cfg))),

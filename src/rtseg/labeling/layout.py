@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 from ..errors import DataError
+from ..fileio import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401 (re-exported for labeling)
 
 PathLike = Union[str, os.PathLike]
 QUEUE_VERSION = 1
@@ -85,39 +85,6 @@ class DatasetLayout:
     def make_dirs(self) -> None:
         for d in (self.images_dir, self.gt_dir, self.pseudo_dir, self.teachers_dir, self.records_dir):
             d.mkdir(parents=True, exist_ok=True)
-
-
-def write_json_atomic(path: PathLike, obj: Any) -> None:
-    """JSON to a temp file in the same folder, fsync, rename over ``path``."""
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Text to a temp file in the same folder, fsync, rename over ``path``."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: PathLike, data: bytes) -> None:
-    """Bytes to a temp file in the same folder, fsync, rename over ``path``: a reader (or a
-    resumed run) never sees half a file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
 
 
 def read_json(path: PathLike, what: str) -> Any:
