@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -45,6 +46,22 @@ def read_checkpoint(path: PathLike) -> Any:
     except Exception as e:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({type(e).__name__}: {msg[:160]})") from None
+
+
+KeyRules = Sequence[tuple[str, Union[str, Callable[["re.Match[str]"], str]]]]
+
+
+def rename_key(key: str, rules: KeyRules) -> str:
+    """Apply ordered regex ``(pattern, replacement)`` rules to one key, each to the result of the
+    previous ones (timm's ``checkpoint_filter_fn`` idea, as data)."""
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: KeyRules) -> StateDict:
+    """Official key names -> rtseg's, for every entry of ``state_dict``."""
+    return {rename_key(k, rules): v for k, v in state_dict.items()}
 
 
 def is_rtseg_checkpoint(obj: Any) -> bool:

@@ -24,7 +24,6 @@ In training mode both models return ``(main, aux16, aux32)``; in eval mode only 
 """
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from typing import Optional
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from ..checkpoint import rename_keys
 from ..config import IMAGENET, PretrainedCfg
 from ..data.classes import CELEBAMASK_CLASSES, CELEBAMASK_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from .layers import ConvNormAct
@@ -303,13 +303,7 @@ _BISENET_RULES: list[tuple[str, str]] = [
 
 
 def _convert(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        for pattern, repl in _BISENET_RULES:
-            new = re.sub(pattern, repl, new)
-        out[new] = value
-    return out
+    return rename_keys(state_dict, _BISENET_RULES)
 
 
 def convert_official_bisenet_v1(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -53,6 +53,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from ..config import PretrainedCfg
 from ..errors import DataError
 from .vovnet import VoVNet, rename_vovnet_key
+from ..checkpoint import rename_key
 
 StateDict = dict[str, Tensor]
 INF = 100000000
@@ -873,9 +874,7 @@ def convert_official_centermask(state_dict: StateDict) -> StateDict:
         if key.startswith("backbone.bottom_up."):
             new = "backbone." + rename_vovnet_key(key[len("backbone.bottom_up."):])
         else:
-            new = key
-            for pattern, repl in CENTERMASK_KEY_RULES:
-                new = re.sub(pattern, repl, new)
+            new = rename_key(key, CENTERMASK_KEY_RULES)
         out[new] = value
     return out
 

@@ -24,12 +24,12 @@ Any input size works; the output has the input's size.
 """
 from __future__ import annotations
 
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import rename_keys
 from ..config import PretrainedCfg
 from ..data.classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from .layers import ConvNormAct, NormAct, prelu
@@ -210,10 +210,4 @@ def convert_official_cgnet(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     The official checkpoints are ``{'model': state_dict}`` with DataParallel ``module.``
     prefixes; :func:`rtseg.checkpoint.unwrap_state_dict` removes both before this runs.
     """
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        for pattern, repl in _CGNET_RULES:
-            new = re.sub(pattern, repl, new)
-        out[new] = value
-    return out
+    return rename_keys(state_dict, _CGNET_RULES)

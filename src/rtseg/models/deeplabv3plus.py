@@ -33,7 +33,6 @@ All BNs have eps=1e-5. Any input size works: (N, 3, H, W) -> (N, num_classes, H,
 """
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from typing import Sequence
 
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import rename_keys
 from ..config import PretrainedCfg, default_palette
 from ..data.classes import VOC_CLASSES
 from .layers import ConvNormAct, relu, resize_to
@@ -361,13 +361,7 @@ def convert_official_deeplabv3plus(state_dict: dict[str, torch.Tensor]) -> dict[
 
     The rules are applied in order, each to the result of the previous ones.
     """
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        for pattern, repl in _DEEPLABV3PLUS_RULES:
-            new = re.sub(pattern, repl, new)
-        out[new] = value
-    return out
+    return rename_keys(state_dict, _DEEPLABV3PLUS_RULES)
 
 
 __all__ = [

@@ -20,13 +20,13 @@ Valid input sizes are H, W in {32k-3, ..., 32k}; the output is (32*ceil(H/32), 3
 """
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import rename_keys
 from .layers import ConvNormAct, NormAct, channel_shuffle, prelu, up2_align_corners
 
 BN_EPS = 1e-3
@@ -245,10 +245,4 @@ _SINET_RULES: list[tuple[str, str]] = [
 
 def convert_official_sinet(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a clovaai/ext_portrait_segmentation ``Dnc_SINet`` state_dict to rtseg names."""
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        for pattern, repl in _SINET_RULES:
-            new = re.sub(pattern, repl, new)
-        out[new] = value
-    return out
+    return rename_keys(state_dict, _SINET_RULES)

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
+from ..checkpoint import rename_key
 
 StateDict = dict[str, torch.Tensor]
 
@@ -296,9 +297,7 @@ VOVNET_KEY_RULES: list[tuple[str, object]] = [
 
 def rename_vovnet_key(key: str) -> str:
     """One centermask2 VoVNet key (without the ``backbone.bottom_up.`` prefix) -> rtseg's."""
-    for pattern, repl in VOVNET_KEY_RULES:
-        key = re.sub(pattern, repl, key)  # type: ignore[arg-type]
-    return key
+    return rename_key(key, VOVNET_KEY_RULES)
 
 
 def convert_official_vovnet(state_dict: StateDict) -> StateDict:
