@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("rtseg.commands.evaluate", "evaluate a model (mIoU / COCO AP)"),
     "label": ("rtseg.commands.label", "pseudo-label portrait images/videos with a face detector and teachers"),
     "review": ("rtseg.commands.review", "review pseudo masks in the browser (accept / reject / flip)"),
+    "export": ("rtseg.commands.export", "export a model to ONNX and check it in onnxruntime"),
+    "bench": ("rtseg.commands.bench", "benchmark parameters, FLOPs, latency and memory per backend"),
 }
 
 

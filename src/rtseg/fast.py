@@ -1,0 +1,458 @@
+"""Fast inference: BatchNorm folding and inference backends behind one callable.
+
+``optimize(model, backend="auto")`` returns a :class:`FastModel`: callable on an (N, 3, H, W)
+float tensor, returning what the eager model returns in eval mode (the logits tensor, or the flat
+tuple of raw head outputs of an instance model), carrying ``pretrained_cfg`` so that
+:func:`rtseg.inference.predict` and friends take it in place of the eager model.
+
+Backends (all float32; outputs match eager PyTorch within 1e-4, see ``tests/test_fast.py``):
+
+* ``eager`` - the model itself under ``torch.inference_mode`` (the baseline).
+* ``fused`` - a copy with every BatchNorm folded into the convolution before it
+  (:func:`fold_batchnorm`), in channels_last memory format, under ``inference_mode``.
+* ``onnxruntime`` - the folded model exported to ONNX in memory, one session per input shape
+  (graph optimisations ALL, ``intra_op_num_threads = torch.get_num_threads()``), inputs and
+  outputs bound to torch tensors (IOBinding, no copies).
+* ``openvino`` - the same ONNX graph compiled by OpenVINO for the CPU (f32 precision hint,
+  latency hint, ``INFERENCE_NUM_THREADS = torch.get_num_threads()``); optional dependency.
+* ``compile`` - ``torch.compile`` (inductor) of the folded model. Evaluated, never the default:
+  its first call compiles for minutes on a 2-core machine (BENCHMARKS.md).
+* ``auto`` - the measured winner of the model (:data:`AUTO_BACKENDS`, from BENCHMARKS.md),
+  else the first installed backend of :data:`AUTO_FALLBACK`. The choice is logged.
+
+The ONNX backends specialise on the input shape: a new (N, C, H, W) exports and compiles a new
+graph (about a second for SINet), kept in a small LRU cache, since static shapes are what both
+runtimes optimise best. Video and the fixed-size portrait path hit one shape only.
+
+A :class:`FastModel` in training mode (``.train()``) runs the original eager model, so a trainer
+can hold it; switching back to eval rebuilds the fast path from the (possibly updated) weights.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections import Counter, OrderedDict
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .errors import RtsegError
+
+log = logging.getLogger(__name__)
+
+Output = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+
+BACKENDS: tuple[str, ...] = ("eager", "fused", "onnxruntime", "compile", "openvino")
+
+#: The measured fastest backend per model at its benchmark size, batch 1, 2 threads
+#: (BENCHMARKS.md, ``rtseg bench --backend all``). Models not listed use :data:`AUTO_FALLBACK`.
+AUTO_BACKENDS: dict[str, str] = {
+    "sinet": "openvino",
+}
+
+#: ``auto`` for a model without a measurement: the first of these that is installed.
+AUTO_FALLBACK: tuple[str, ...] = ("openvino", "onnxruntime", "fused")
+
+#: Ops a per-channel affine map (a folded BatchNorm) commutes with exactly: interpolation whose
+#: weights sum to one. ``conv -> upsample -> BN`` folds like ``conv -> BN``.
+_AFFINE_COMMUTING_MODES = ("nearest", "nearest-exact", "bilinear")
+
+
+# --- BatchNorm folding ------------------------------------------------------------------------
+
+def _frozen_bn_types() -> tuple[type, ...]:
+    try:
+        from torchvision.ops import FrozenBatchNorm2d
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return (FrozenBatchNorm2d,)
+
+
+def _is_foldable_bn(m: nn.Module) -> bool:
+    """Plain (frozen) BatchNorm in inference form: exact class, running statistics present.
+
+    Subclasses are refused on purpose (timm's ``BatchNormAct2d`` adds an activation)."""
+    if type(m) in (nn.BatchNorm2d, nn.SyncBatchNorm):
+        return m.track_running_stats and m.running_mean is not None and m.running_var is not None
+    return type(m) in _frozen_bn_types()
+
+
+def _is_plain_conv(m: nn.Module) -> bool:
+    """An ``nn.Conv2d`` whose forward is the stock one (not a subclass with extra behaviour)."""
+    return isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward
+
+
+class _LeafTracer(fx.Tracer):
+    """fx tracer that keeps convolutions and (frozen) BatchNorms as single ``call_module`` nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.Conv2d, _BatchNorm) + _frozen_bn_types()) or super().is_leaf_module(m, qualname)
+
+
+def _commutes_with_affine(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """True for nodes that a per-channel ``y = a*x + b`` can be moved across unchanged."""
+    if node.op == "call_function" and node.target is F.interpolate:
+        mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest")
+        return mode in _AFFINE_COMMUTING_MODES and not node.kwargs.get("antialias", False)
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        if isinstance(m, nn.Upsample):
+            return m.mode in _AFFINE_COMMUTING_MODES
+        return isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d))
+    return False
+
+
+def _pairs_in_graph(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[tuple[str, str]]:
+    """(conv name, bn name) for every ``conv -> [interpolate/identity]* -> BN`` chain in which each
+    intermediate result has exactly one user (so folding changes nothing else)."""
+    calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not _is_foldable_bn(modules.get(str(node.target), nn.Identity())):
+            continue
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        src = node.args[0]
+        while _commutes_with_affine(src, modules) and len(src.users) == 1 and isinstance(src.args[0], fx.Node):
+            src = src.args[0]
+        if src.op != "call_module" or len(src.users) != 1 or not _is_plain_conv(modules.get(str(src.target))):
+            continue
+        if calls[str(src.target)] == 1 and calls[str(node.target)] == 1:
+            pairs.append((str(src.target), str(node.target)))
+    return pairs
+
+
+def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Qualified names of (conv, BatchNorm) pairs that :func:`fold_batchnorm` can fold.
+
+    The model is traced with ``torch.fx`` (convs and BNs as leaves). Where a forward cannot be
+    traced (shape-dependent control flow), its children are traced one by one instead, so the
+    pairs inside them are still found.
+    """
+    found: list[tuple[str, str]] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        if isinstance(module, (nn.Conv2d, _BatchNorm)) or not any(True for _ in module.children()):
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = _LeafTracer().trace(module)
+        except Exception:  # untraceable forward: look one level down
+            for name, child in module.named_children():
+                visit(child, f"{prefix}{name}.")
+            return
+        modules = dict(module.named_modules())
+        found.extend((prefix + c, prefix + b) for c, b in _pairs_in_graph(graph, modules))
+
+    visit(model, "")
+    # a module object reachable under two names is shared: folding it would change both uses
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    return [(c, b) for c, b in found
+            if uses[id(model.get_submodule(c))] == 1 and uses[id(model.get_submodule(b))] == 1]
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> None:
+    """Fold an inference-mode BatchNorm into ``conv`` in place (computed in float64).
+
+    ``BN(conv(x)) = conv'(x)`` with ``W' = W * s`` and ``b' = (b - mean) * s + beta``, where
+    ``s = gamma / sqrt(var + eps)`` per output channel.
+    """
+    dtype = conv.weight.dtype
+    var = bn.running_var.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma * torch.rsqrt(var + bn.eps)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
+    conv.weight = nn.Parameter((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(dtype),
+                               requires_grad=conv.weight.requires_grad)
+    conv.bias = nn.Parameter(((bias - bn.running_mean.double()) * scale + beta).to(dtype))
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """An eval-mode copy of ``model`` with every foldable BatchNorm merged into its convolution.
+
+    Works on any rtseg model: pairs come from :func:`find_conv_bn_pairs`; each BN is replaced by
+    ``nn.Identity`` after folding, so the module tree, its attributes and methods stay as they
+    were (``CenterMask.detect`` and friends still work). BNs that follow something other than a
+    convolution (SINet's BR blocks after a concat) stay as they are. Outputs are unchanged up to
+    float32 rounding (``tests/test_fast.py``).
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    pairs = find_conv_bn_pairs(model)
+    for conv_name, bn_name in pairs:
+        fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        parent, _, leaf = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+    remaining = sum(isinstance(m, _BatchNorm) or type(m) in _frozen_bn_types() for m in model.modules())
+    log.debug("folded %d BatchNorms into convolutions; %d left unfolded", len(pairs), remaining)
+    return model
+
+
+# --- backends ---------------------------------------------------------------------------------
+
+def available_backends() -> list[str]:
+    """Backends usable in this environment (``openvino`` only when the package is installed)."""
+    out = ["eager", "fused", "compile"]
+    if _importable("onnxruntime"):
+        out.append("onnxruntime")
+    if _importable("openvino"):
+        out.append("openvino")
+    return [b for b in BACKENDS if b in out]
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def resolve_backend(backend: str, model_name: Optional[str] = None) -> str:
+    """``auto`` -> the measured winner for ``model_name`` (or the fallback order); any other name
+    is checked against what is installed."""
+    have = available_backends()
+    if backend == "auto":
+        best = AUTO_BACKENDS.get(model_name or "")
+        if best in have:
+            return best
+        return next(b for b in AUTO_FALLBACK if b in have)
+    if backend not in BACKENDS:
+        raise RtsegError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
+    if backend not in have:
+        raise RtsegError(f"backend {backend!r} needs the {backend} package (pip install 'rtseg[{backend}]')")
+    return backend
+
+
+class _ShapeCache:
+    """A small LRU of per-input-shape runners (ONNX runtimes compile for a static shape)."""
+
+    def __init__(self, build: Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]], size: int) -> None:
+        self.build, self.size = build, size
+        self.items: OrderedDict[tuple[int, ...], Callable[[torch.Tensor], Output]] = OrderedDict()
+
+    def __call__(self, x: torch.Tensor) -> Output:
+        key = tuple(x.shape)
+        run = self.items.get(key)
+        if run is None:
+            run = self.build(key)
+            self.items[key] = run
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        else:
+            self.items.move_to_end(key)
+        return run(x)
+
+
+def _structure(out: Any) -> tuple[bool, list[torch.Tensor]]:
+    """(is_tuple, flat list of tensors) of a model output."""
+    if isinstance(out, torch.Tensor):
+        return False, [out]
+    flat: list[torch.Tensor] = []
+    for o in out:
+        flat.extend(_structure(o)[1])
+    return True, flat
+
+
+def _pack(is_tuple: bool, outs: Sequence[torch.Tensor]) -> Output:
+    return tuple(outs) if is_tuple else outs[0]
+
+
+class _Exported:
+    """The folded model exported to ONNX at one static input shape."""
+
+    def __init__(self, folded: nn.Module, shape: tuple[int, ...]) -> None:
+        from .export import onnx_bytes
+
+        example = torch.zeros(shape)
+        with torch.inference_mode():
+            is_tuple, flat = _structure(folded(example))
+        self.is_tuple = is_tuple
+        self.out_shapes = [tuple(t.shape) for t in flat]
+        self.onnx = onnx_bytes(folded, example, dynamic=False)
+
+
+def _ort_runner(folded: nn.Module, threads: int) -> Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]]:
+    import numpy as np
+    import onnxruntime as ort
+
+    def build(shape: tuple[int, ...]) -> Callable[[torch.Tensor], Output]:
+        ex = _Exported(folded, shape)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(ex.onnx, so, providers=["CPUExecutionProvider"])
+        in_name = sess.get_inputs()[0].name
+        out_names = [o.name for o in sess.get_outputs()]
+
+        def run(x: torch.Tensor) -> Output:
+            x = x.detach().to(torch.float32).contiguous()
+            outs = [torch.empty(s) for s in ex.out_shapes]
+            binding = sess.io_binding()
+            binding.bind_input(in_name, "cpu", 0, np.float32, list(x.shape), x.data_ptr())
+            for name, t in zip(out_names, outs):
+                binding.bind_output(name, "cpu", 0, np.float32, list(t.shape), t.data_ptr())
+            sess.run_with_iobinding(binding)
+            return _pack(ex.is_tuple, outs)
+
+        return run
+
+    return build
+
+
+def _openvino_runner(folded: nn.Module, threads: int) -> Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]]:
+    import io
+
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+              "INFERENCE_PRECISION_HINT": "f32"}  # default on AMX/AVX512-bf16 CPUs is bf16
+
+    def build(shape: tuple[int, ...]) -> Callable[[torch.Tensor], Output]:
+        ex = _Exported(folded, shape)
+        compiled = core.compile_model(ov.convert_model(io.BytesIO(ex.onnx)), "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(x: torch.Tensor) -> Output:
+            x = x.detach().to(torch.float32).contiguous()
+            outs = [torch.empty(s) for s in ex.out_shapes]
+            request.set_input_tensor(ov.Tensor(x.numpy(), shared_memory=True))
+            for i, t in enumerate(outs):
+                request.set_output_tensor(i, ov.Tensor(t.numpy(), shared_memory=True))
+            request.infer()
+            return _pack(ex.is_tuple, outs)
+
+        return run
+
+    return build
+
+
+class _Fused:
+    """The folded model in channels_last under ``inference_mode``."""
+
+    def __init__(self, folded: nn.Module, channels_last: bool = True) -> None:
+        self.channels_last = channels_last
+        self.module = folded.to(memory_format=torch.channels_last) if channels_last else folded
+
+    def __call__(self, x: torch.Tensor) -> Output:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        is_tuple, flat = _structure(self.module(x))
+        return _pack(is_tuple, [t.contiguous() for t in flat])
+
+
+class FastModel(nn.Module):
+    """A model behind an inference backend; a drop-in for the eager model in ``rtseg.inference``.
+
+    ``model`` (the original eager module) stays a child, so parameters, ``state_dict``,
+    ``pretrained_cfg``, ``rtseg_name`` and ``rtseg_kwargs`` are those of the original. In eval
+    mode ``forward`` runs the backend; in training mode it runs ``model`` itself.
+    """
+
+    def __init__(self, model: nn.Module, backend: str, *, threads: Optional[int] = None,
+                 channels_last: bool = True, max_shapes: int = 4) -> None:
+        super().__init__()
+        self.model = model
+        self.backend = backend
+        self.threads = int(threads or torch.get_num_threads())
+        self.channels_last = channels_last
+        self.max_shapes = max_shapes
+        for attr in ("pretrained_cfg", "rtseg_name", "rtseg_kwargs"):
+            if hasattr(model, attr):
+                setattr(self, attr, getattr(model, attr))
+        self._runner: Optional[Callable[[torch.Tensor], Output]] = None
+        self.train(False)
+
+    def build(self) -> None:
+        """(Re)create the backend from the current weights of ``model``."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.backend == "eager":
+                self._runner = self.model.__call__  # a bound method: not registered as a child
+                return
+            folded = fold_batchnorm(self.model)
+            for p in folded.parameters():
+                p.requires_grad_(False)
+            if self.backend == "fused":
+                self._runner = _Fused(folded, self.channels_last)
+            elif self.backend == "compile":
+                self._runner = _Fused(torch.compile(folded, dynamic=False), self.channels_last)
+            elif self.backend == "onnxruntime":
+                self._runner = _ShapeCache(_ort_runner(folded, self.threads), self.max_shapes)
+            elif self.backend == "openvino":
+                self._runner = _ShapeCache(_openvino_runner(folded, self.threads), self.max_shapes)
+            else:  # pragma: no cover - resolve_backend guards this
+                raise RtsegError(f"unknown backend {self.backend!r}")
+        finally:
+            self.model.train(was_training)
+
+    def train(self, mode: bool = True) -> "FastModel":
+        if mode:
+            self._runner = None  # the weights may change: rebuild on the next eval call
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> Output:
+        if self.training:
+            return self.model(x)
+        if self._runner is None:
+            self.build()
+        with torch.inference_mode():
+            return self._runner(x)
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}, threads={self.threads}"
+
+
+def optimize(model: nn.Module, backend: str = "auto", example_size: Optional[Sequence[int]] = None, *,
+             threads: Optional[int] = None, channels_last: bool = True, max_shapes: int = 4) -> FastModel:
+    """Wrap ``model`` in the fastest (or the named) inference backend.
+
+    ``example_size`` (H, W) or (N, C, H, W): a shape to build and warm the backend for now
+    (default: the ``input_size`` of the model's pretrained config, else build lazily on the first
+    call). ``threads``: intra-op threads for onnxruntime / OpenVINO (default
+    ``torch.get_num_threads()``). The returned model is in eval mode.
+    """
+    if isinstance(model, FastModel):
+        model = model.model
+    name = getattr(model, "rtseg_name", None)
+    chosen = resolve_backend(backend, name)
+    how = "measured winner" if backend == "auto" and AUTO_BACKENDS.get(name or "") == chosen else (
+        "fallback" if backend == "auto" else "requested")
+    log.info("rtseg.fast: model %s -> backend %s (%s)", name or type(model).__name__, chosen, how)
+    fast = FastModel(model, chosen, threads=threads, channels_last=channels_last, max_shapes=max_shapes)
+    if example_size is None:
+        cfg = getattr(model, "pretrained_cfg", None)
+        example_size = getattr(cfg, "input_size", None)
+    if example_size is not None:
+        shape = tuple(example_size) if len(example_size) == 4 else (1, 3, *example_size)
+        fast(torch.zeros(shape))
+    return fast
+
+
+def is_fast(model: nn.Module) -> bool:
+    return isinstance(model, FastModel)
+
+
+def iter_backends(names: Iterable[str]) -> list[str]:
+    """Expand ``all`` to every installed backend; keep order, drop duplicates."""
+    out: list[str] = []
+    for n in names:
+        for b in (available_backends() if n == "all" else [n]):
+            if b not in out:
+                out.append(b)
+    return out
+
+
+__all__ = ["BACKENDS", "AUTO_BACKENDS", "AUTO_FALLBACK", "FastModel", "optimize", "fold_batchnorm",
+           "fold_conv_bn", "find_conv_bn_pairs", "available_backends", "resolve_backend", "iter_backends"]

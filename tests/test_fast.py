@@ -1,0 +1,207 @@
+"""Fast inference path: BatchNorm folding and backends give the eager outputs (within 1e-4)."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rtseg
+from rtseg.errors import RtsegError
+from rtseg.export import example_input
+from rtseg.fast import (AUTO_BACKENDS, AUTO_FALLBACK, FastModel, available_backends, find_conv_bn_pairs,
+                        fold_batchnorm, optimize, resolve_backend)
+from rtseg.models import MODELS
+
+SEMANTIC = [n for n in rtseg.list_models() if MODELS[n].task == "semantic"]
+INSTANCE = [n for n in rtseg.list_models() if MODELS[n].task != "semantic"]
+ONNX_BACKENDS = [b for b in ("onnxruntime", "openvino") if b in available_backends()]
+SIZE = (64, 96)  # valid for every model (SINet needs H, W in {32k-3..32k})
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that folding really changes weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "running_var") and m.running_var is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.75)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model
+
+
+def make(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_norms(rtseg.create_model(name)).eval()
+
+
+def flat(out):
+    return [out] if isinstance(out, torch.Tensor) else list(out)
+
+
+def max_diff(a, b) -> float:
+    assert type(a) is type(b) and len(flat(a)) == len(flat(b))
+    return max(float((x - y).abs().max()) for x, y in zip(flat(a), flat(b)))
+
+
+@pytest.mark.parametrize("name", SEMANTIC + INSTANCE)
+def test_fused_matches_eager(name):
+    model = make(name)
+    x = example_input(model, SIZE)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize(model, "fused")
+    assert fast.backend == "fused" and not fast.training
+    assert max_diff(fast(x), ref) < 1e-4
+
+
+@pytest.mark.parametrize("name", SEMANTIC)
+def test_default_fast_path_matches_eager(name):
+    """``auto`` (the backend rtseg picks for the model) gives the eager logits within 1e-4."""
+    model = make(name)
+    x = example_input(model, SIZE)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize(model, "auto")
+    assert fast.backend == resolve_backend("auto", name)
+    assert max_diff(fast(x), ref) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ONNX_BACKENDS)
+def test_onnx_backends_match_eager(backend):
+    model = make("sinet")
+    x = example_input(model, SIZE)
+    with torch.no_grad():
+        ref = model(x)
+    assert max_diff(optimize(model, backend)(x), ref) < 1e-4
+
+
+@pytest.mark.parametrize("name", SEMANTIC)
+def test_fold_batchnorm_preserves_outputs_and_folds(name):
+    model = make(name)
+    folded = fold_batchnorm(model)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert left < n_bn and len(find_conv_bn_pairs(model)) == n_bn - left
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn  # the original is untouched
+    x = example_input(model, SIZE)
+    with torch.no_grad():
+        assert max_diff(folded(x), model(x)) < 1e-4
+
+
+class Toy(nn.Module):
+    """conv->BN; conv->bilinear up->BN; a conv feeding two consumers; a shared BN; a BN subclass."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.ops import FrozenBatchNorm2d
+
+        self.c1, self.b1 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.c2, self.b2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)  # through an upsample
+        self.c3, self.b3 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)  # c3 output used twice
+        self.c4, self.f4 = nn.Conv2d(4, 4, 1, groups=2), FrozenBatchNorm2d(4)
+        self.c5, self.b5 = nn.Conv2d(4, 4, 1), BNWithAct(4)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = self.b2(nn.functional.interpolate(self.c2(x), scale_factor=2, mode="bilinear", align_corners=True))
+        y = self.c3(x)
+        x = self.b3(y) + y
+        x = self.f4(self.c4(x))
+        return self.b5(self.c5(x))
+
+
+class BNWithAct(nn.BatchNorm2d):
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def test_fold_rules_on_a_toy_model():
+    toy = randomize_norms(Toy()).eval()
+    pairs = find_conv_bn_pairs(toy)
+    assert pairs == [("c1", "b1"), ("c2", "b2"), ("c4", "f4")]
+    folded = fold_batchnorm(toy)
+    assert isinstance(folded.b1, nn.Identity) and isinstance(folded.b2, nn.Identity)
+    assert isinstance(folded.b3, nn.BatchNorm2d) and isinstance(folded.b5, BNWithAct)
+    assert folded.c1.bias is not None
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), toy(x), atol=1e-5, rtol=0)
+
+
+def test_untraceable_parent_still_folds_children():
+    class ShapeBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+        def forward(self, x):
+            if x.shape[-1] > 8:  # data-dependent control flow: fx cannot trace this forward
+                x = x[..., :8]
+            return self.block(x)
+
+    m = randomize_norms(ShapeBranch()).eval()
+    assert find_conv_bn_pairs(m) == [("block.0", "block.1")]
+    x = torch.randn(1, 3, 8, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_batchnorm(m)(x), m(x), atol=1e-5, rtol=0)
+
+
+def test_backend_selection(caplog):
+    have = available_backends()
+    assert {"eager", "fused", "onnxruntime"} <= set(have)
+    for name, best in AUTO_BACKENDS.items():
+        assert resolve_backend("auto", name) == (best if best in have else next(b for b in AUTO_FALLBACK if b in have))
+    assert resolve_backend("auto", "no_such_model") == next(b for b in AUTO_FALLBACK if b in have)
+    assert resolve_backend("fused", "sinet") == "fused"
+    with pytest.raises(RtsegError, match="unknown backend"):
+        resolve_backend("tensorrt")
+    with caplog.at_level(logging.INFO, logger="rtseg.fast"):
+        fast = optimize(make("sinet"), "auto")
+    assert fast.backend == resolve_backend("auto", "sinet")
+    assert f"backend {fast.backend}" in caplog.text
+
+
+def test_fast_model_is_a_drop_in_for_predict():
+    model = make("sinet")
+    fast = optimize(model, "onnxruntime")
+    assert fast.pretrained_cfg is model.pretrained_cfg and fast.rtseg_name == "sinet"
+    assert sum(p.numel() for p in fast.parameters()) == 86910  # no duplicated weights
+    image = (np.random.default_rng(0).random((67, 93, 3)) * 255).astype(np.uint8)
+    from rtseg.inference import predict_logits
+
+    ref, got = predict_logits(model, image), predict_logits(fast, image)
+    assert got.shape == ref.shape == (1, 2, 67, 93)
+    assert float((got - ref).abs().max()) < 1e-4
+    assert not fast.training
+    # another shape builds another graph; both stay usable
+    x1, x2 = example_input(model, (64, 64)), example_input(model, (96, 128), batch=2)
+    with torch.no_grad():
+        assert max_diff(fast(x1), model(x1)) < 1e-4 and max_diff(fast(x2), model(x2)) < 1e-4
+
+
+def test_train_mode_runs_eager_and_eval_rebuilds_from_new_weights():
+    model = make("bisenet_v1")
+    fast = optimize(model, "fused")
+    x = example_input(model, SIZE, batch=2)
+    fast.train()
+    assert fast.training and model.training
+    assert isinstance(fast(x), tuple)  # training forward: main + aux outputs, from the eager model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.01)
+    fast.eval()
+    x = x[:1]
+    with torch.no_grad():
+        assert max_diff(fast(x), model(x)) < 1e-4
+
+
+def test_optimize_builds_for_example_size_and_rewraps():
+    model = make("sinet")
+    fast = optimize(model, "fused", example_size=(64, 64))
+    assert isinstance(fast, FastModel) and fast._runner is not None
+    again = optimize(fast, "eager")
+    assert again.model is model and again.backend == "eager"
