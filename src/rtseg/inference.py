@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import PretrainedCfg
 from .data.io import pil_to_rgb, read_image
-from .errors import DataError
+from .errors import DataError, RtsegError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -86,7 +86,9 @@ def restore(logits: torch.Tensor, size: tuple[int, int], cfg: PretrainedCfg) -> 
 
 
 def predict_logits(model: nn.Module, image: ImageLike) -> torch.Tensor:
-    """(1, C, H, W) float logits at the input's size."""
+    """(1, C, H, W) float logits at the input's size (semantic models; instance models raise
+    an error pointing to :func:`predict_instances`)."""
+    _require_semantic(model)
     cfg: PretrainedCfg = model.pretrained_cfg
     rgb = as_rgb(image)
     x, size = prepare(rgb, cfg)
@@ -109,3 +111,65 @@ def predict(model: nn.Module, image: ImageLike) -> np.ndarray:
     """Class-id mask (H, W) uint8 for a path, PIL image or RGB uint8 array."""
     logits = predict_logits(model, image)
     return logits.argmax(1)[0].to(torch.uint8).numpy()
+
+
+# --- instance segmentation (CenterMask) ----------------------------------------------------------
+
+def is_instance_model(model: nn.Module) -> bool:
+    """True when the registry says the model's task is instance segmentation (CenterMask)."""
+    from .models import MODELS
+
+    spec = MODELS.get(getattr(getattr(model, "module", model), "rtseg_name", ""))
+    return spec is not None and spec.task == "instance"
+
+
+def _require_semantic(model: nn.Module) -> None:
+    if is_instance_model(model):
+        name = getattr(getattr(model, "module", model), "rtseg_name", "?")
+        raise RtsegError(f"model {name!r} is an instance-segmentation model: call "
+                         f"rtseg.inference.predict_instances(model, image) for its boxes, labels, scores and masks")
+
+
+def predict_instances(model: nn.Module, image: ImageLike, min_score: float = 0.0) -> dict[str, np.ndarray]:
+    """Instances of an instance-segmentation model (CenterMask) at the input's size.
+
+    The test resize of the weights is used: shortest side ``model.min_size_test``, longest side at
+    most ``model.max_size_test`` (detectron2's ``ResizeShortestEdge``, bilinear, as the training
+    pipeline :func:`rtseg.data.coco.resize_instances` resizes), normalisation from
+    ``model.pretrained_cfg``, zero padding to a multiple of 32 inside the model; boxes and masks
+    are brought back to the original size by :meth:`CenterMask.detect` (masks pasted there).
+
+    Returns numpy arrays sorted by decreasing score, keeping detections with ``scores >=
+    min_score``: ``boxes`` (K, 4) float32 xyxy pixels, ``scores`` (K,) box scores, ``labels``
+    (K,) int64 0-based class ids (names: ``model.pretrained_cfg.class_names``), ``masks``
+    (K, H, W) bool, ``mask_scores`` (K,) (box score x predicted mask IoU).
+    """
+    import cv2
+
+    from .data.coco import resized_shape
+
+    net = getattr(model, "module", model)
+    if not is_instance_model(model) or not hasattr(net, "detect"):
+        raise RtsegError(f"model {getattr(net, 'rtseg_name', type(net).__name__)!r} is not an instance-segmentation "
+                         f"model; use rtseg.predict(model, image) for its class-id mask")
+    rgb = as_rgb(image)
+    h, w = rgb.shape[:2]
+    nh, nw = resized_shape(h, w, int(net.min_size_test), int(net.max_size_test))
+    resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else rgb
+    x = normalize(resized, net.pretrained_cfg)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            det = net.detect(x, image_sizes=[(nh, nw)], output_sizes=[(h, w)])[0]
+    finally:
+        net.train(was_training)
+    keep = det["scores"] >= min_score
+    order = torch.argsort(det["scores"][keep], descending=True)
+    return {
+        "boxes": det["boxes"][keep][order].float().numpy().astype(np.float32),
+        "scores": det["scores"][keep][order].float().numpy().astype(np.float32),
+        "labels": det["labels"][keep][order].numpy().astype(np.int64),
+        "masks": det["masks"][keep][order].numpy().astype(bool),
+        "mask_scores": det["mask_scores"][keep][order].float().numpy().astype(np.float32),
+    }
