@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/torch.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rtseg predict assets/portrait.jpg --weights ../shared/parity/sinet_official_eg1800.pth --out out/demo
+	$(VENV)/bin/rtseg predict assets/portrait.jpg --out out/demo
 
 test: $(STAMP)
 	sh scripts/install_browser.sh

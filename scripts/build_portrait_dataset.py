@@ -377,18 +377,21 @@ def random_background(rgb: np.ndarray, rng: np.random.Generator, hw: tuple[int, 
     return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
-def paste_person(person: Person, background: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Scale (person height 55-105 % of the image), rotate (+-8 deg), flip, re-light and paste
-    ``person`` with a soft-edged alpha; returns image, 0/1 mask and the parameters used. A person
-    cut by the bottom of its photo (a bust) is placed so the cut stays below the image's bottom
-    edge, as in a real portrait, instead of floating."""
+def paste_person(person: Person, background: np.ndarray, rng: np.random.Generator,
+                 height: tuple[float, float] = (0.55, 1.05),
+                 cx: tuple[float, float] = (0.3, 0.7)) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Scale (person height ``height`` of the image, default 55-105 %), rotate (+-8 deg), flip,
+    re-light and paste ``person`` with a soft-edged alpha at horizontal centre ``cx``; returns
+    image, 0/1 mask and the parameters used. A person cut by the bottom of its photo (a bust) is
+    placed so the cut stays below the image's bottom edge, as in a real portrait, instead of
+    floating."""
     import cv2
 
     H, W = background.shape[:2]
     ys, xs = np.nonzero(person.mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    params = {"person": person.name, "height": float(rng.uniform(0.55, 1.05)), "angle": float(rng.uniform(-8, 8)),
-              "flip": bool(rng.random() < 0.5), "cx": float(rng.uniform(0.3, 0.7)), "top": float(rng.uniform(0.02, 0.3)),
+    params = {"person": person.name, "height": float(rng.uniform(*height)), "angle": float(rng.uniform(-8, 8)),
+              "flip": bool(rng.random() < 0.5), "cx": float(rng.uniform(*cx)), "top": float(rng.uniform(0.02, 0.3)),
               "gain": float(rng.uniform(0.75, 1.25)), "bias": float(rng.uniform(-20, 20))}
     if y1 >= person.mask.shape[0] - 2:  # a bust: its cut edge goes past the bottom of the image
         params["top"] = float(1.0 - params["height"] + rng.uniform(0.02, 0.12))
@@ -481,7 +484,17 @@ def composite(out: Path, pseudo: Path, sources: list[Source], args: argparse.Nam
             import cv2
 
             background = cv2.GaussianBlur(background, (0, 0), sigmaX=float(rng.uniform(1.5, 4.0)))
-        image, mask, params = paste_person(person, background, rng)
+        if args.group_p > 0 and rng.random() < args.group_p:  # 2..--max-people people side by side
+            pool = [q for q in people if not val_people or q.split == split]
+            crowd = [person] + [pool[int(rng.integers(len(pool)))] for _ in range(int(rng.integers(1, args.max_people)))]
+            slots = np.sort(rng.uniform(0.1, 0.9, len(crowd)))
+            image, mask = background, np.zeros(background.shape[:2], np.uint8)
+            for who, x in zip(crowd, slots):
+                image, hard, params_one = paste_person(who, image, rng, height=(0.3, 0.75), cx=(x - 0.05, x + 0.05))
+                mask = np.maximum(mask, hard)
+            params = {**params_one, "person": person.name, "others": [q.name for q in crowd[1:]]}
+        else:
+            image, mask, params = paste_person(person, background, rng)
         params["defocus"] = bool(defocus)
         image = photometric(image=image)["image"]
         write(f"comp{i:05d}", image, mask, split,
@@ -507,7 +520,7 @@ def package(out: Path, checkpoint: Path, dest: Path, train_command: str, extra_n
     model = load_model("sinet", checkpoint)
     sources = [Source(**s) for s in read_json(out / "sources.json", "sources list")]
     record = read_json(out / "composite" / "composites.json", "composite record")
-    used_people = sorted({it["person"] for it in record["items"]})
+    used_people = sorted({it["person"] for it in record["items"]} | {o for it in record["items"] for o in it.get("others", [])})
     n_comp = sum(bool(it.get("composite")) for it in record["items"])
     backgrounds = sorted({it["background"] for it in record["items"] if it.get("composite")})
     people_sources = [s for s in sources if s.kind == "people"]
@@ -524,10 +537,13 @@ def package(out: Path, checkpoint: Path, dest: Path, train_command: str, extra_n
               f"{', '.join(f'{s.name} ({s.origin})' for s in used)}; {len(backgrounds)} people-free "
               f"backgrounds/frames from {', '.join(sorted({s.origin.split(':')[0] for s in sources if s.kind == 'backgrounds'}))}; "
               f"{len(used_people)} pseudo-labelled photos/frames, {n_comp} composites")
+    by_licence: dict[str, list[str]] = {}
+    for s in sources:
+        if s.kind == "backgrounds" or s in used:
+            by_licence.setdefault(s.licence, []).append(s.name)
     licence = ("weights: MIT" + (" (derived from the official SINet weights, MIT, clovaai/ext_portrait_segmentation)"
                                  if from_official else "")
-               + "; training data: " + "; ".join(f"{s.name}: {s.licence}" for s in sources
-                                                   if s.kind == "backgrounds" or s in used))
+               + "; training data: " + "; ".join(f"{lic}: {', '.join(names)}" for lic, names in by_licence.items()))
     notes = (f"data: python scripts/build_portrait_dataset.py --out DATA {record.get('recipe', '')}".rstrip()
              + f"; pseudo masks by the official SINet teacher (rtseg label), each checked by viewing its overlay "
              f"PNG (DATA/pseudo/overlays) and accepted/rejected in DATA/pseudo/review.json by the agent that "
@@ -558,6 +574,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--background-every-seconds", type=float, default=3.0, help="background videos: sampling period (s)")
     p.add_argument("--exclude-background", action="append", default=[], metavar="PATTERN",
                    help="leave out background photos/frames whose file name matches (e.g. one that shows a person)")
+    p.add_argument("--group-p", type=float, default=0.0,
+                   help="share of composites with several smaller people side by side (0: one person each)")
+    p.add_argument("--max-people", type=int, default=3, help="most people in a --group-p composite")
     p.add_argument("--defocus-p", type=float, default=0.3, help="share of composites with a blurred background")
     p.add_argument("--real-max-side", type=int, default=0,
                    help="shrink the real pseudo-labelled photos to this longer side in the output (0: keep)")

@@ -69,6 +69,7 @@ MODELS: dict[str, ModelSpec] = {
         official_cfg=SINET_OFFICIAL_CFG,
         official_kwargs={"num_classes": 2, "p": 2, "q": 8, "chnn": 1},
         description="SINet portrait segmentation (WACV 2020), 86,910 parameters",
+        packaged_weights="sinet_portrait.pth",
     ),
     "cgnet": ModelSpec(
         builder=CGNet,
