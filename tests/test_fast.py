@@ -205,3 +205,34 @@ def test_optimize_builds_for_example_size_and_rewraps():
     assert isinstance(fast, FastModel) and fast._runner is not None
     again = optimize(fast, "eager")
     assert again.model is model and again.backend == "eager"
+
+
+def test_sinet_channel_shuffles_absorbed_exactly():
+    from rtseg.fast import absorb_channel_shuffles, simplify
+    from rtseg.models.sinet import S2Module
+
+    model = make("sinet")
+    folded = fold_batchnorm(model)
+    assert absorb_channel_shuffles(model) == 0  # refuses: the depthwise BNs are not folded yet
+    assert absorb_channel_shuffles(folded) == 10  # p + q = 2 + 8 S2-modules
+    assert all(m.groups == 1 for m in folded.modules() if isinstance(m, S2Module))
+    x = example_input(model, SIZE)
+    with torch.no_grad():
+        assert max_diff(folded(x), model(x)) < 1e-4
+        assert max_diff(simplify(model)(x), model(x)) < 1e-4
+
+
+def test_precision_option():
+    model = make("sinet")
+    with pytest.raises(RtsegError, match="openvino"):
+        optimize(model, "fused", precision="bf16")
+    with pytest.raises(RtsegError, match="unknown precision"):
+        optimize(model, "fused", precision="int4")
+    if "openvino" not in available_backends():
+        pytest.skip("openvino not installed")
+    x = example_input(model, SIZE)
+    fast = optimize(model, "openvino", precision="bf16")
+    with torch.no_grad():
+        ref = model(x)
+    got = fast(x)
+    assert got.shape == ref.shape and float((got - ref).abs().max()) < 0.1 * float(ref.abs().max()) + 1e-3

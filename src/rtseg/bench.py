@@ -86,7 +86,11 @@ class BenchResult:
     rss_after_import_mb: Optional[float] = None
     loadavg: Optional[tuple[float, float, float]] = None
     resolved_backend: Optional[str] = None
+    precision: str = "fp32"
     note: str = ""
+    rounds: int = 1
+    round_p50_ms: list[float] = field(default_factory=list)  # p50 of each round (``merge_rounds``)
+    ms: list[float] = field(default_factory=list, repr=False)  # raw times; not written to JSON
 
     @property
     def gflops(self) -> Optional[float]:
@@ -151,7 +155,7 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 def bench_model(name: str, backend: str = "eager", size: Optional[Sequence[int]] = None, *, batch: int = 1,
                 threads: int = 2, iters: int = 50, warmup: int = 10, weights: Optional[str] = None,
-                model_kwargs: Optional[dict[str, Any]] = None, flops: bool = True) -> BenchResult:
+                model_kwargs: Optional[dict[str, Any]] = None, flops: bool = True, precision: str = "fp32") -> BenchResult:
     """Measure one model with one backend in this process (see :func:`bench` for subprocesses)."""
     from .checkpoint import load_model
     from .export import check_size, example_input
@@ -164,14 +168,15 @@ def bench_model(name: str, backend: str = "eager", size: Optional[Sequence[int]]
     check_size(model, size)
     x = example_input(model, size, batch)
     res = BenchResult(model=name, backend=backend, size=(int(size[0]), int(size[1])), batch=batch, threads=threads,
-                      iters=iters, warmup=warmup, rss_after_import_mb=rss0, params=count_params(model))
+                      iters=iters, warmup=warmup, rss_after_import_mb=rss0, params=count_params(model),
+                      precision=precision)
     if flops:
         res.flops = count_flops(model, x[:1]) * batch
         res.macs = res.flops // 2
     with torch.inference_mode():
         ref = _flat(model(x)) if backend != "eager" else None
     t = time.perf_counter()
-    fast = optimize(model, backend, example_size=tuple(x.shape))
+    fast = optimize(model, backend, example_size=tuple(x.shape), precision=precision)
     res.build_s = time.perf_counter() - t
     res.resolved_backend = fast.backend
     out = _flat(fast(x))
@@ -180,6 +185,7 @@ def bench_model(name: str, backend: str = "eager", size: Optional[Sequence[int]]
     ms = time_calls(lambda: fast(x), iters, warmup)
     for k, v in _summary(ms).items():
         setattr(res, k, v)
+    res.ms, res.round_p50_ms = ms.tolist(), [res.p50_ms]
     res.peak_rss_mb = _peak_rss_mb()
     res.loadavg = os.getloadavg() if hasattr(os, "getloadavg") else None
     return res
@@ -235,6 +241,7 @@ def bench_mediapipe(python: str, *, size: Sequence[int] = (256, 256), iters: int
                       note=f"mediapipe {out['version']}, {Path(out['model']).name} (Tasks ImageSegmenter)")
     for k, v in _summary(ms).items():
         setattr(res, k, v)
+    res.ms, res.round_p50_ms = ms.tolist(), [res.p50_ms]
     res.loadavg = os.getloadavg() if hasattr(os, "getloadavg") else None
     return res
 
@@ -270,9 +277,30 @@ def bench(name: str, backend: str = "eager", size: Optional[Sequence[int]] = Non
     out = _run_worker([sys.executable, "-m", "rtseg.bench", "--worker", json.dumps(spec)],
                       int(kwargs.get("threads", 2)), f"{name} ({backend})")
     out["size"] = tuple(out["size"])
+    out.pop("gflops", None)
     if out.get("loadavg") is not None:
         out["loadavg"] = tuple(out["loadavg"])
     return BenchResult(**out)
+
+
+def merge_rounds(results: Sequence[BenchResult]) -> BenchResult:
+    """One result from several rounds of the same (model, backend): percentiles over all timed
+    calls, the p50 of each round kept in ``round_p50_ms`` (the spread shows machine noise)."""
+    import dataclasses
+
+    first = results[0]
+    ms = np.concatenate([np.asarray(r.ms) for r in results])
+    merged = dataclasses.replace(first, ms=ms.tolist(), rounds=len(results), iters=sum(r.iters for r in results),
+                                 round_p50_ms=[p for r in results for p in r.round_p50_ms])
+    for k, v in _summary(ms).items():
+        setattr(merged, k, v)
+    merged.peak_rss_mb = max((r.peak_rss_mb for r in results if r.peak_rss_mb is not None), default=None)
+    builds = [r.build_s for r in results if r.build_s is not None]
+    merged.build_s = float(np.median(builds)) if builds else None
+    diffs = [r.max_abs_diff for r in results if r.max_abs_diff is not None]
+    merged.max_abs_diff = max(diffs) if diffs else None
+    merged.loadavg = results[-1].loadavg
+    return merged
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -298,14 +326,12 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def write_json(results: Sequence[BenchResult], path: PathLike, *, machine: dict[str, Any], command: str) -> None:
     data = {"command": command, "machine": machine, "flops_convention": "FlopCounterMode: 2 FLOPs per MAC",
-            "results": [dict(asdict(r), gflops=r.gflops) for r in results]}
+            "results": [{**{k: v for k, v in asdict(r).items() if k != "ms"}, "gflops": r.gflops} for r in results]}
     if hasattr(os, "getloadavg"):
         data["machine"]["loadavg_end"] = os.getloadavg()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, p)
+    from .fileio import write_json_atomic
+
+    write_json_atomic(path, data, indent=2)
 
 
 def plot(results: Sequence[BenchResult], path: PathLike, title: str = "") -> None:
@@ -364,6 +390,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     rows = [head, ["---"] * len(head)]
     for r in results:
         b = r.backend if not r.resolved_backend or r.resolved_backend == r.backend else f"{r.backend}->{r.resolved_backend}"
+        b += " bf16" if r.precision == "bf16" else ""
         sp = speedup_vs_official(r)
         row = [r.model, f"{r.size[0]}x{r.size[1]}", b, f"{r.params:,}" if r.params else "-",
                f"{r.gflops:.3f}" if r.flops is not None else "-", _f(r.p50_ms, 2), _f(r.p90_ms, 2),
@@ -388,7 +415,7 @@ def _worker_main(argv: Sequence[str]) -> int:
 
 
 __all__ = ["BenchResult", "bench", "bench_model", "bench_mediapipe", "count_params", "count_flops", "time_calls",
-           "machine_info", "write_json", "plot", "format_table", "speedup_vs_official", "mediapipe_python", "BENCH_SIZES", "OFFICIAL_MS"]
+           "machine_info", "write_json", "plot", "format_table", "speedup_vs_official", "merge_rounds", "mediapipe_python", "BENCH_SIZES", "OFFICIAL_MS"]
 
 
 if __name__ == "__main__":

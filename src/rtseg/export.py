@@ -228,23 +228,10 @@ def export_onnx(model: nn.Module, out: Optional[PathLike], *, size: Optional[Seq
             x2 = example_input(model, second_size(size), batch + 1, seed=1)
             report.checks.append(check_onnx(data, model, x2, atol=atol))
     if out is not None:
-        _write_atomic(Path(out), data)
+        from .fileio import write_bytes_atomic
+
+        write_bytes_atomic(Path(out), data)
     return report
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 __all__ = ["export_onnx", "onnx_bytes", "check_onnx", "check_size", "size_rule", "example_input", "ExportReport",

@@ -8,13 +8,15 @@ tuple of raw head outputs of an instance model), carrying ``pretrained_cfg`` so 
 Backends (all float32; outputs match eager PyTorch within 1e-4, see ``tests/test_fast.py``):
 
 * ``eager`` - the model itself under ``torch.inference_mode`` (the baseline).
-* ``fused`` - a copy with every BatchNorm folded into the convolution before it
-  (:func:`fold_batchnorm`), in channels_last memory format, under ``inference_mode``.
-* ``onnxruntime`` - the folded model exported to ONNX in memory, one session per input shape
-  (graph optimisations ALL, ``intra_op_num_threads = torch.get_num_threads()``), inputs and
-  outputs bound to torch tensors (IOBinding, no copies).
+* ``fused`` - a simplified copy (:func:`simplify`): every BatchNorm folded into the convolution
+  before it (:func:`fold_batchnorm`), SINet's channel shuffles absorbed into weights
+  (:func:`absorb_channel_shuffles`); channels_last memory format, ``inference_mode``.
+* ``onnxruntime`` - the simplified model exported to ONNX in memory, one session per input shape
+  (graph optimisations ALL, ``intra_op_num_threads = torch.get_num_threads()``, denormals as
+  zero), inputs and outputs bound to preallocated torch tensors (IOBinding, no copies).
 * ``openvino`` - the same ONNX graph compiled by OpenVINO for the CPU (f32 precision hint,
-  latency hint, ``INFERENCE_NUM_THREADS = torch.get_num_threads()``); optional dependency.
+  latency hint, ``INFERENCE_NUM_THREADS = torch.get_num_threads()``, denormals flushed), inputs
+  and outputs shared with torch tensors; optional dependency (``pip install 'rtseg[openvino]'``).
 * ``compile`` - ``torch.compile`` (inductor) of the folded model. Evaluated, never the default:
   its first call compiles for minutes on a 2-core machine (BENCHMARKS.md).
 * ``auto`` - the measured winner of the model (:data:`AUTO_BACKENDS`, from BENCHMARKS.md),
@@ -47,6 +49,10 @@ log = logging.getLogger(__name__)
 Output = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 BACKENDS: tuple[str, ...] = ("eager", "fused", "onnxruntime", "compile", "openvino")
+
+#: ``fp32`` (default: outputs within 1e-4 of eager) or ``bf16`` (OpenVINO only, opt-in: 2-3x
+#: faster on CPUs with AMX / AVX512-bf16, outputs about 1e-2 off; BENCHMARKS.md).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 #: The measured fastest backend per model at its benchmark size, batch 1, 2 threads
 #: (BENCHMARKS.md, ``rtseg bench --backend all``). Models not listed use :data:`AUTO_FALLBACK`.
@@ -196,6 +202,48 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def absorb_channel_shuffles(model: nn.Module) -> int:
+    """Remove SINet's channel shuffles by permuting weights instead (in place; exact).
+
+    An S2-module computes ``y = shuffle(reduce(x))`` and feeds ``y`` to S2-blocks that are
+    channel-wise (avg-pool, depthwise conv, PReLU) up to their pointwise conv. Permuting the
+    channel-wise parameters and the pointwise conv's input columns by the inverse shuffle gives
+    the same output from ``reduce(x)`` directly, so the shuffle becomes the identity (groups=1).
+    Needs the depthwise BN already folded (:func:`fold_batchnorm`). Returns the modules changed.
+    """
+    from .models.sinet import S2Block, S2Module
+
+    changed = 0
+    for mod in model.modules():
+        if not isinstance(mod, S2Module) or mod.groups == 1:
+            continue
+        blocks = list(mod.branches)
+        if not all(isinstance(b, S2Block) and isinstance(b.dw_bn, nn.Identity) and isinstance(b.act, nn.PReLU)
+                   and b.act.num_parameters == b.dw.out_channels for b in blocks):
+            continue
+        c, g = mod.reduce.out_channels, mod.groups
+        inv = torch.argsort(torch.arange(c).view(g, c // g).t().reshape(-1))  # shuffle: y[:, i] = z[:, perm[i]]
+        for b in blocks:
+            b.dw.weight.copy_(b.dw.weight[inv])
+            if b.dw.bias is not None:
+                b.dw.bias.copy_(b.dw.bias[inv])
+            b.act.weight.copy_(b.act.weight[inv])
+            b.pw.weight.copy_(b.pw.weight[:, inv])
+        mod.groups = 1  # channel_shuffle(y, 1) is the identity
+        changed += 1
+    return changed
+
+
+def simplify(model: nn.Module) -> nn.Module:
+    """An eval-mode copy for inference: :func:`fold_batchnorm`, then :func:`absorb_channel_shuffles`."""
+    folded = fold_batchnorm(model)
+    absorb_channel_shuffles(folded)
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded
+
+
 # --- backends ---------------------------------------------------------------------------------
 
 def available_backends() -> list[str]:
@@ -290,6 +338,7 @@ def _ort_runner(folded: nn.Module, threads: int) -> Callable[[tuple[int, ...]], 
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")  # see _openvino_runner
         sess = ort.InferenceSession(ex.onnx, so, providers=["CPUExecutionProvider"])
         in_name = sess.get_inputs()[0].name
         out_names = [o.name for o in sess.get_outputs()]
@@ -309,14 +358,18 @@ def _ort_runner(folded: nn.Module, threads: int) -> Callable[[tuple[int, ...]], 
     return build
 
 
-def _openvino_runner(folded: nn.Module, threads: int) -> Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]]:
+def _openvino_runner(folded: nn.Module, threads: int,
+                     precision: str = "fp32") -> Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]]:
     import io
 
     import openvino as ov
 
     core = ov.Core()
+    # f32: the default on AMX / AVX512-bf16 CPUs is bf16 (about 1e-2 off). Denormals flushed to
+    # zero: SINet's official weights on its official input scale (about +-0.01) produce many
+    # subnormal activations, each one a slow path on x86 (results change by < 1e-37).
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-              "INFERENCE_PRECISION_HINT": "f32"}  # default on AMX/AVX512-bf16 CPUs is bf16
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "CPU_DENORMALS_OPTIMIZATION": True}
 
     def build(shape: tuple[int, ...]) -> Callable[[torch.Tensor], Output]:
         ex = _Exported(folded, shape)
@@ -359,7 +412,7 @@ class FastModel(nn.Module):
     mode ``forward`` runs the backend; in training mode it runs ``model`` itself.
     """
 
-    def __init__(self, model: nn.Module, backend: str, *, threads: Optional[int] = None,
+    def __init__(self, model: nn.Module, backend: str, *, threads: Optional[int] = None, precision: str = "fp32",
                  channels_last: bool = True, max_shapes: int = 4) -> None:
         super().__init__()
         self.model = model
@@ -367,6 +420,7 @@ class FastModel(nn.Module):
         self.threads = int(threads or torch.get_num_threads())
         self.channels_last = channels_last
         self.max_shapes = max_shapes
+        self.precision = precision
         for attr in ("pretrained_cfg", "rtseg_name", "rtseg_kwargs"):
             if hasattr(model, attr):
                 setattr(self, attr, getattr(model, attr))
@@ -381,9 +435,7 @@ class FastModel(nn.Module):
             if self.backend == "eager":
                 self._runner = self.model.__call__  # a bound method: not registered as a child
                 return
-            folded = fold_batchnorm(self.model)
-            for p in folded.parameters():
-                p.requires_grad_(False)
+            folded = simplify(self.model)
             if self.backend == "fused":
                 self._runner = _Fused(folded, self.channels_last)
             elif self.backend == "compile":
@@ -391,7 +443,7 @@ class FastModel(nn.Module):
             elif self.backend == "onnxruntime":
                 self._runner = _ShapeCache(_ort_runner(folded, self.threads), self.max_shapes)
             elif self.backend == "openvino":
-                self._runner = _ShapeCache(_openvino_runner(folded, self.threads), self.max_shapes)
+                self._runner = _ShapeCache(_openvino_runner(folded, self.threads, self.precision), self.max_shapes)
             else:  # pragma: no cover - resolve_backend guards this
                 raise RtsegError(f"unknown backend {self.backend!r}")
         finally:
@@ -411,17 +463,19 @@ class FastModel(nn.Module):
             return self._runner(x)
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend!r}, threads={self.threads}"
+        return f"backend={self.backend!r}, threads={self.threads}, precision={self.precision!r}"
 
 
 def optimize(model: nn.Module, backend: str = "auto", example_size: Optional[Sequence[int]] = None, *,
-             threads: Optional[int] = None, channels_last: bool = True, max_shapes: int = 4) -> FastModel:
+             threads: Optional[int] = None, precision: str = "fp32", channels_last: bool = True,
+             max_shapes: int = 4) -> FastModel:
     """Wrap ``model`` in the fastest (or the named) inference backend.
 
     ``example_size`` (H, W) or (N, C, H, W): a shape to build and warm the backend for now
     (default: the ``input_size`` of the model's pretrained config, else build lazily on the first
     call). ``threads``: intra-op threads for onnxruntime / OpenVINO (default
-    ``torch.get_num_threads()``). The returned model is in eval mode.
+    ``torch.get_num_threads()``). ``precision="bf16"`` (openvino only) trades the 1e-4 agreement
+    for speed on CPUs with bf16 units. The returned model is in eval mode.
     """
     if isinstance(model, FastModel):
         model = model.model
@@ -430,7 +484,12 @@ def optimize(model: nn.Module, backend: str = "auto", example_size: Optional[Seq
     how = "measured winner" if backend == "auto" and AUTO_BACKENDS.get(name or "") == chosen else (
         "fallback" if backend == "auto" else "requested")
     log.info("rtseg.fast: model %s -> backend %s (%s)", name or type(model).__name__, chosen, how)
-    fast = FastModel(model, chosen, threads=threads, channels_last=channels_last, max_shapes=max_shapes)
+    if precision not in PRECISIONS:
+        raise RtsegError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+    if precision == "bf16" and chosen != "openvino":
+        raise RtsegError(f"precision bf16 needs the openvino backend, not {chosen!r}")
+    fast = FastModel(model, chosen, threads=threads, precision=precision, channels_last=channels_last,
+                     max_shapes=max_shapes)
     if example_size is None:
         cfg = getattr(model, "pretrained_cfg", None)
         example_size = getattr(cfg, "input_size", None)
@@ -445,14 +504,16 @@ def is_fast(model: nn.Module) -> bool:
 
 
 def iter_backends(names: Iterable[str]) -> list[str]:
-    """Expand ``all`` to every installed backend; keep order, drop duplicates."""
+    """Expand ``all`` to every installed backend but ``compile`` (minutes of compiling); keep
+    order, drop duplicates."""
     out: list[str] = []
     for n in names:
-        for b in (available_backends() if n == "all" else [n]):
+        for b in ([b for b in available_backends() if b != "compile"] if n == "all" else [n]):
             if b not in out:
                 out.append(b)
     return out
 
 
-__all__ = ["BACKENDS", "AUTO_BACKENDS", "AUTO_FALLBACK", "FastModel", "optimize", "fold_batchnorm",
+__all__ = ["BACKENDS", "AUTO_BACKENDS", "AUTO_FALLBACK", "FastModel", "optimize", "fold_batchnorm", "simplify",
+           "absorb_channel_shuffles",
            "fold_conv_bn", "find_conv_bn_pairs", "available_backends", "resolve_backend", "iter_backends"]

@@ -42,7 +42,8 @@ def as_rgb(image: ImageLike, max_pixels: Optional[int] = None) -> np.ndarray:
 
 def normalize(image: np.ndarray, cfg: PretrainedCfg) -> torch.Tensor:
     """RGB uint8 (H, W, 3) or (N, H, W, 3) -> float32 (N, 3, H, W) following ``cfg``."""
-    x = torch.from_numpy(np.ascontiguousarray(image))
+    image = np.ascontiguousarray(image)
+    x = torch.from_numpy(image if image.flags.writeable else image.copy())
     if x.ndim == 3:
         x = x[None]
     x = x.permute(0, 3, 1, 2).float()

@@ -4,6 +4,12 @@ For an image ``NAME.ext`` it writes ``NAME_mask.png`` (class ids, palette PNG), 
 (colour overlay) and, for portrait models, ``NAME_cutout.png`` (RGBA with the person only).
 For a video it writes ``NAME_overlay.mp4`` (and ``NAME_mask.mp4``), frames read with OpenCV.
 
+Instance models (registry task ``"instance"``: CenterMask) write ``NAME_instances.png`` (masks,
+boxes, class names and scores drawn by :func:`rtseg.visualize.draw_instances`) and
+``NAME_instances.json`` (each detection's box, class, scores and COCO RLE mask) for an image, and
+``NAME_overlay.mp4`` (instances drawn) for a video; detections scoring below
+:data:`INSTANCE_MIN_SCORE` are left out (:func:`rtseg.inference.predict_instances` gives them all).
+
 All or nothing: :func:`predict_paths` first checks every input (image headers against the pixel
 limit, videos open and give a frame, no two inputs with the same output names) and the output
 folder, before any model work; then every output goes to a hidden temporary file and all of them
@@ -24,9 +30,11 @@ from tqdm import tqdm
 from .data.io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ensure_output_dir,
                       open_image_header, read_image, save_png_atomic)
 from .errors import DataError, RtsegError
-from .inference import predict_logits
+from .inference import is_instance_model, predict_instances, predict_logits
 
 PathLike = Union[str, os.PathLike]
+#: Instance models: detections with a lower box score are not drawn or listed (detectron2's demo default).
+INSTANCE_MIN_SCORE = 0.5
 
 
 def expand_inputs(paths: Iterable[PathLike]) -> list[Path]:
@@ -130,6 +138,8 @@ def predict_image_file(model: nn.Module, path: PathLike, out_dir: PathLike, *, a
 
     path, out_dir = Path(path), Path(out_dir)
     image = read_image(path) if max_pixels is None else read_image(path, max_pixels)
+    if is_instance_model(model):
+        return _instances_image(model, image, path, out_dir, alpha, stage)
     logits = predict_logits(model, image)
     num_classes = logits.shape[1]
     mask = logits.argmax(1)[0].to(torch.uint8).numpy()
@@ -144,6 +154,78 @@ def predict_image_file(model: nn.Module, path: PathLike, out_dir: PathLike, *, a
     if "cutout" in target:
         save_png_atomic(_by_bands(lambda im, m: cutout_rgba(im, m, 1), image, mask, 4), target["cutout"])
     return written
+
+
+def _draw_instances(model: nn.Module, image: np.ndarray, alpha: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    from .visualize import draw_instances
+
+    det = predict_instances(model, image, min_score=INSTANCE_MIN_SCORE)
+    names = tuple(model.pretrained_cfg.class_names)
+    return draw_instances(image, det["boxes"], det["labels"], det["scores"], det["masks"], names, alpha=alpha), det
+
+
+def _instances_image(model: nn.Module, image: np.ndarray, path: Path, out_dir: Path, alpha: float,
+                     stage: Optional["StagedOutputs"]) -> dict[str, Path]:
+    """``NAME_instances.png`` and ``NAME_instances.json``: per detection its box (xyxy pixels),
+    label, class name, box score, mask score, mask area and mask (COCO compressed RLE)."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    drawn, det = _draw_instances(model, image, alpha)
+    names = tuple(model.pretrained_cfg.class_names)
+    instances = []
+    for i in range(len(det["boxes"])):
+        rle = mask_utils.encode(np.asfortranarray(det["masks"][i].astype(np.uint8)))
+        rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        lab = int(det["labels"][i])
+        instances.append({"box": [round(float(v), 2) for v in det["boxes"][i]], "label": lab,
+                          "class": names[lab] if lab < len(names) else f"class_{lab}",
+                          "score": round(float(det["scores"][i]), 5),
+                          "mask_score": round(float(det["mask_scores"][i]), 5), "area": int(det["masks"][i].sum()),
+                          "segmentation": rle})
+    h, w = image.shape[:2]
+    doc = {"image": str(path), "height": h, "width": w, "min_score": INSTANCE_MIN_SCORE,
+           "weights": model.pretrained_cfg.source, "instances": instances}
+    written = {"instances": out_dir / f"{path.stem}_instances.png", "json": out_dir / f"{path.stem}_instances.json"}
+    target = {k: (stage.temp_for(v) if stage is not None else v.with_name(f".{v.stem}.tmp{v.suffix}"))
+              for k, v in written.items()}
+    save_png_atomic(drawn, target["instances"])
+    target["json"].write_text(json.dumps(doc, indent=1))
+    if stage is None:
+        for k, v in written.items():
+            os.replace(target[k], v)
+    return written
+
+
+def _instances_video(model: nn.Module, path: Path, out_dir: Path, alpha: float, progress: bool,
+                     stage: Optional["StagedOutputs"]) -> dict[str, Path]:
+    """``NAME_overlay.mp4``: every frame with its instances drawn."""
+    import cv2
+
+    frames, fps, count = iter_video_frames(path)
+    target = out_dir / f"{path.stem}_overlay.mp4"
+    tmp = stage.temp_for(target) if stage is not None else target.with_name(f".{target.stem}.tmp.mp4")
+    writer: Any = None
+    try:
+        for frame in tqdm(frames, total=count or None, desc=path.name, unit="frame", disable=not progress):
+            drawn, _ = _draw_instances(model, frame, alpha)
+            if writer is None:
+                size = (frame.shape[1], frame.shape[0])
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                if not writer.isOpened():
+                    raise DataError(f"{target}: cannot open video writer")
+            writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        writer.release()
+        if stage is None:
+            os.replace(tmp, target)
+    except BaseException:
+        if writer is not None:
+            writer.release()
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    return {"overlay": target}
 
 
 def _by_bands(draw: Any, image: np.ndarray, mask: np.ndarray, channels: int,
@@ -195,6 +277,8 @@ def predict_video_file(model: nn.Module, path: PathLike, out_dir: PathLike, *, a
     from .visualize import overlay_mask
 
     path, out_dir = Path(path), Path(out_dir)
+    if is_instance_model(model):
+        return _instances_video(model, path, out_dir, alpha, progress, stage)
     frames, fps, count = iter_video_frames(path)
     smoother = None
     if smooth:
