@@ -59,6 +59,9 @@ OFFICIAL_MS: dict[str, tuple[tuple[int, int], float, str]] = {
     "deeplabv3plus": ((513, 513), 170.0, "official DeepLabV3+ MobileNetV2, PyTorch"),
 }
 MEDIAPIPE_MS_REFERENCE = 3.0
+#: Models that do MediaPipe's selfie segmenter's job (portrait / person masks): the only rows
+#: with a "vs MediaPipe" ratio.
+MEDIAPIPE_COMPARABLE = ("sinet",)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class BenchResult:
     warmup: int = 0
     build_s: Optional[float] = None  # optimize() + first call (export / compile)
     max_abs_diff: Optional[float] = None  # vs eager PyTorch on a realistic input
+    argmax_agreement: Optional[float] = None  # fraction of pixels with eager's class (semantic)
     peak_rss_mb: Optional[float] = None  # whole process
     rss_after_import_mb: Optional[float] = None
     loadavg: Optional[tuple[float, float, float]] = None
@@ -181,6 +185,8 @@ def bench_model(name: str, backend: str = "eager", size: Optional[Sequence[int]]
     res.resolved_backend = fast.backend
     out = _flat(fast(x))
     res.max_abs_diff = 0.0 if ref is None else max(float((a - b).abs().max()) for a, b in zip(out, ref))
+    if ref is not None and len(ref) == 1 and ref[0].dim() == 4:
+        res.argmax_agreement = float((out[0].argmax(1) == ref[0].argmax(1)).float().mean())
     del out, ref
     ms = time_calls(lambda: fast(x), iters, warmup)
     for k, v in _summary(ms).items():
@@ -253,13 +259,10 @@ def _worker_env(threads: int) -> dict[str, str]:
 
 
 def _run_worker(cmd: list[str], threads: int, what: str) -> dict[str, Any]:
-    preexec = None
-    if hasattr(os, "sched_setaffinity"):
+    preexec: Optional[Callable[[], None]] = None
+    if hasattr(os, "sched_setaffinity"):  # pin the worker to as many CPUs as it has threads
         cpus = sorted(os.sched_getaffinity(0))[:max(1, threads)]
-
-        def preexec() -> None:  # noqa: F811 - pin the worker like the thread count says
-            os.sched_setaffinity(0, cpus)
-
+        preexec = lambda: os.sched_setaffinity(0, cpus)  # noqa: E731
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(threads), preexec_fn=preexec)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -299,6 +302,8 @@ def merge_rounds(results: Sequence[BenchResult]) -> BenchResult:
     merged.build_s = float(np.median(builds)) if builds else None
     diffs = [r.max_abs_diff for r in results if r.max_abs_diff is not None]
     merged.max_abs_diff = max(diffs) if diffs else None
+    agree = [r.argmax_agreement for r in results if r.argmax_agreement is not None]
+    merged.argmax_agreement = min(agree) if agree else None
     merged.loadavg = results[-1].loadavg
     return merged
 
@@ -350,16 +355,19 @@ def plot(results: Sequence[BenchResult], path: PathLike, title: str = "") -> Non
         rs = [r for r in results if (r.resolved_backend or r.backend) == b and r.params and r.p50_ms]
         ax.scatter([r.params for r in rs], [r.p50_ms for r in rs], marker=markers.get(b, "o"), color=colors[b],
                    label=b, s=45, zorder=3)
-        for r in rs:
-            ax.annotate(f"{r.model} {r.size[0]}x{r.size[1]}", (r.params, r.p50_ms), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+    for model in dict.fromkeys(r.model for r in results if r.params and r.p50_ms):
+        rs = [r for r in results if r.model == model and r.params and r.p50_ms]
+        ys = [r.p50_ms for r in rs]
+        ax.plot([rs[0].params] * 2, [min(ys), max(ys)], color="lightgrey", lw=1, zorder=1)
+        ax.annotate(f"{model} {rs[0].size[0]}x{rs[0].size[1]}", (rs[0].params, max(ys)), fontsize=7,
+                    xytext=(5, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     for r in results:
         if r.backend == "mediapipe" and r.p50_ms:
             ax.axhline(r.p50_ms, color="grey", ls="--", lw=1)
-            ax.text(ax.get_xlim()[0] if ax.has_data() else 1, r.p50_ms, f" MediaPipe selfie {r.p50_ms:.1f} ms",
-                    fontsize=7, va="bottom", color="grey")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+            ax.text(0.01, r.p50_ms, f"MediaPipe selfie segmenter 256x256: {r.p50_ms:.1f} ms", fontsize=7,
+                    va="bottom", color="dimgrey", transform=ax.get_yaxis_transform())
     ax.set_xlabel("parameters")
     ax.set_ylabel("latency p50 (ms, batch 1)")
     ax.set_title(title or "rtseg latency vs parameters")
@@ -386,7 +394,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     ``vs MediaPipe`` is MediaPipe's p50 in the same run / this p50 (>1 = faster)."""
     mp = next((r.p50_ms for r in results if r.backend == "mediapipe" and r.p50_ms), None)
     head = ["model", "size", "backend", "params", "GFLOPs", "p50 ms", "p90 ms", "fps", "peak MiB", "max|diff|",
-            "vs official"] + (["vs MediaPipe"] if mp else [])
+            "argmax agree", "vs official"] + (["vs MediaPipe"] if mp else [])
     rows = [head, ["---"] * len(head)]
     for r in results:
         b = r.backend if not r.resolved_backend or r.resolved_backend == r.backend else f"{r.backend}->{r.resolved_backend}"
@@ -395,12 +403,32 @@ def format_table(results: Sequence[BenchResult]) -> str:
         row = [r.model, f"{r.size[0]}x{r.size[1]}", b, f"{r.params:,}" if r.params else "-",
                f"{r.gflops:.3f}" if r.flops is not None else "-", _f(r.p50_ms, 2), _f(r.p90_ms, 2),
                _f(r.fps, 1), _f(r.peak_rss_mb, 0), "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}",
+               "-" if r.argmax_agreement is None else f"{100 * r.argmax_agreement:.3f}%",
                "-" if sp is None else f"{sp:.2f}x"]
         if mp:
-            row.append(f"{mp / r.p50_ms:.2f}x" if r.p50_ms else "-")
+            comparable = r.model in MEDIAPIPE_COMPARABLE or r.backend == "mediapipe"
+            row.append(f"{mp / r.p50_ms:.2f}x" if r.p50_ms and comparable else "-")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows)
+
+
+def read_json(path: PathLike) -> tuple[list[BenchResult], dict[str, Any]]:
+    """Results and the rest (command, machine) of a file written by :func:`write_json`."""
+    import dataclasses
+
+    try:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(BenchResult)}
+        results = []
+        for d in data["results"]:
+            d = {k: v for k, v in d.items() if k in known}
+            d["size"] = tuple(d["size"])
+            d["loadavg"] = tuple(d["loadavg"]) if d.get("loadavg") else None
+            results.append(BenchResult(**d))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RtsegError(f"{path}: not a benchmark JSON written by rtseg bench ({type(e).__name__})") from None
+    return results, {k: v for k, v in data.items() if k != "results"}
 
 
 def _f(v: Optional[float], digits: int) -> str:
@@ -415,7 +443,7 @@ def _worker_main(argv: Sequence[str]) -> int:
 
 
 __all__ = ["BenchResult", "bench", "bench_model", "bench_mediapipe", "count_params", "count_flops", "time_calls",
-           "machine_info", "write_json", "plot", "format_table", "speedup_vs_official", "merge_rounds", "mediapipe_python", "BENCH_SIZES", "OFFICIAL_MS"]
+           "machine_info", "write_json", "plot", "format_table", "speedup_vs_official", "merge_rounds", "read_json", "mediapipe_python", "BENCH_SIZES", "OFFICIAL_MS"]
 
 
 if __name__ == "__main__":

@@ -54,10 +54,17 @@ BACKENDS: tuple[str, ...] = ("eager", "fused", "onnxruntime", "compile", "openvi
 #: faster on CPUs with AMX / AVX512-bf16, outputs about 1e-2 off; BENCHMARKS.md).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
-#: The measured fastest backend per model at its benchmark size, batch 1, 2 threads
-#: (BENCHMARKS.md, ``rtseg bench --backend all``). Models not listed use :data:`AUTO_FALLBACK`.
+#: The measured fastest backend per model at its benchmark size, batch 1, 2 threads, p50
+#: (BENCHMARKS.md). ``compile`` is left out: its first call takes half a minute or more.
+#: Models not listed use :data:`AUTO_FALLBACK`.
 AUTO_BACKENDS: dict[str, str] = {
-    "sinet": "openvino",
+    "sinet": "openvino",  # 5.2 ms vs eager 49.7 ms (ORT 12.5)
+    "cgnet": "fused",  # 252 ms vs eager 304 (compile: 211 after a 34 s first call; ORT 280, OpenVINO 310)
+    "bisenet_v1": "onnxruntime",  # 318 ms vs eager 559
+    "bisenet_face": "onnxruntime",  # 134 ms vs eager 183
+    "deeplabv3plus": "onnxruntime",  # 179 ms vs eager 307 (OpenVINO 181)
+    "centermask_lite": "onnxruntime",  # 165 ms vs eager 3640 (raw head outputs)
+    "centermask": "openvino",  # 2100 ms vs eager 3614 (raw head outputs)
 }
 
 #: ``auto`` for a model without a measurement: the first of these that is installed.

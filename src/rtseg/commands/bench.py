@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time MediaPipe's selfie segmenter (needs mediapipe; see --mediapipe-python)")
     p.add_argument("--mediapipe-python", default=None, metavar="PYTHON",
                    help="interpreter of an environment with mediapipe (default: $RTSEG_MEDIAPIPE_PYTHON or this one)")
+    p.add_argument("--from-json", default=[], nargs="+", metavar="JSON",
+                   help="measure nothing: print the table (and --plot) of earlier --json files")
     p.add_argument("--in-process", action="store_true",
                    help="measure in this process (faster start; peak memory then covers all models)")
     p.add_argument("--weights", nargs="+", default=[], metavar="[MODEL=]PATH",
@@ -46,6 +48,18 @@ def run(args: argparse.Namespace) -> int:
     from ..fast import iter_backends, resolve_backend
     from ..models import create_model, get_spec, list_models
 
+    if args.from_json:
+        from ..bench import read_json
+
+        results = [r for path in args.from_json for r in read_json(path)[0]]
+        print(format_table(results))
+        if args.plot:
+            meta = read_json(args.from_json[0])[1]
+            machine = meta.get("machine", {})
+            plot(results, args.plot, title=f"rtseg on {machine.get('cpu', '?')}, {machine.get('threads', '?')} "
+                                           f"threads, batch {results[0].batch if results else 1}")
+            print(f"wrote {args.plot}")
+        return 0
     names = args.models or list_models()
     for n in names:
         get_spec(n)  # unknown names fail here, with the list of valid ones
