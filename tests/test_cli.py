@@ -31,7 +31,16 @@ def test_predict_image_writes_mask_overlay_cutout(tmp_path, official_sinet, caps
     assert overlay.shape == (90, 70, 3)
     cut = Image.open(tmp_path / "o" / "p_cutout.png")
     assert cut.mode == "RGBA" and cut.size == (70, 90)
-    assert "clovaai" in capsys.readouterr().out  # says which weights were used
+    out = capsys.readouterr().out
+    assert "clovaai" in out  # says which weights were used
+    from rtseg.fast import resolve_backend
+
+    assert f"backend: {resolve_backend('auto', 'sinet')}" in out  # the fast path is the default
+    # and it gives the eager mask
+    assert main(["predict", str(tmp_path / "p.png"), "--weights", official_sinet, "--out", str(tmp_path / "e"),
+                 "--backend", "eager"]) == 0
+    assert "backend: eager" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e" / "p_mask.png")), mask)
 
 
 def test_predict_folder_and_video(tmp_path, official_sinet):

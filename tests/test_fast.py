@@ -236,3 +236,59 @@ def test_precision_option():
         ref = model(x)
     got = fast(x)
     assert got.shape == ref.shape and float((got - ref).abs().max()) < 0.1 * float(ref.abs().max()) + 1e-3
+
+
+# --- the fast path is the default of the prediction API -----------------------------------------
+
+def test_predict_uses_the_fast_path_by_default_and_matches_eager():
+    """``rtseg.predict(model, image)`` runs ``optimize(model, "auto")``, built once, kept with the
+    model until its weights change, without touching its ``state_dict``."""
+    import copy
+
+    from rtseg.inference import DEFAULT_BACKEND, fast_model, predict_logits
+
+    assert DEFAULT_BACKEND == "auto"
+    model = make("sinet")
+    keys = list(model.state_dict())
+    image = (np.random.default_rng(0).random((67, 93, 3)) * 255).astype(np.uint8)
+    ref = predict_logits(model, image, backend="eager")
+    got = predict_logits(model, image)
+    fast = fast_model(model)
+    assert isinstance(fast, FastModel) and fast.backend == resolve_backend("auto", "sinet")
+    assert fast_model(model) is fast  # cached: same weights, same compiled copy
+    assert float((got - ref).abs().max()) < 1e-4
+    assert np.array_equal(rtseg.predict(model, image), ref.argmax(1)[0].numpy())
+    assert list(model.state_dict()) == keys and not model.training
+    copy.deepcopy(model)  # the compiled copy is not copied (ONNX sessions cannot be)
+    with torch.no_grad():  # new weights -> a new compiled copy, outputs follow
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert fast_model(model) is not fast
+    ref2 = predict_logits(model, image, backend="eager")
+    assert float((ref2 - ref).abs().max()) > 1e-3
+    assert float((predict_logits(model, image) - ref2).abs().max()) < 1e-4
+    assert fast_model(model, "eager") is model and fast_model(fast) is fast
+
+
+@pytest.mark.parametrize("backend", ["fused"] + ONNX_BACKENDS)
+def test_instance_detect_on_fast_backends_matches_eager(backend):
+    """CenterMask: the dense stage (backbone, FPN, FCOS head) runs on the backend, RoI heads in
+    PyTorch; the detections equal the eager ones."""
+    torch.manual_seed(0)
+    model = rtseg.create_model("centermask_lite", num_classes=3, backbone="V-19-slim-dw-eSE", fpn_channels=32,
+                               mask_conv_dim=32, maskiou_conv_dim=32, min_size_test=96, max_size_test=160).eval()
+    model.score_thresh = 0.0  # untrained: keep every candidate so that there is something to compare
+    x = example_input(model, (96, 130))
+    ref = model.detect(x)[0]
+    fast = optimize(model, backend)
+    got = fast.detect(x)[0]
+    assert len(ref["boxes"]) > 5 and torch.equal(got["labels"], ref["labels"])
+    assert float((got["boxes"] - ref["boxes"]).abs().max()) < 1e-3
+    assert float((got["scores"] - ref["scores"]).abs().max()) < 1e-5
+    assert float((got["masks"] != ref["masks"]).float().mean()) < 1e-3
+    assert fast.min_size_test == 96 and fast.num_classes == 3  # read through to the model
+    from rtseg.inference import predict_instances
+
+    image = (np.random.default_rng(1).random((96, 140, 3)) * 255).astype(np.uint8)
+    a, b = predict_instances(model, image, backend="eager"), predict_instances(fast, image)
+    assert a["labels"].tolist() == b["labels"].tolist() and np.allclose(a["scores"], b["scores"], atol=1e-5)

@@ -243,11 +243,18 @@ def absorb_channel_shuffles(model: nn.Module) -> int:
 
 
 def simplify(model: nn.Module) -> nn.Module:
-    """An eval-mode copy for inference: :func:`fold_batchnorm`, then :func:`absorb_channel_shuffles`."""
+    """An eval-mode copy for inference: :func:`fold_batchnorm`, then :func:`absorb_channel_shuffles`,
+    then subnormal weights flushed to zero."""
     folded = fold_batchnorm(model)
     absorb_channel_shuffles(folded)
-    for p in folded.parameters():
-        p.requires_grad_(False)
+    tiny = torch.finfo(torch.float32).tiny
+    with torch.no_grad():
+        for p in folded.parameters():
+            p.requires_grad_(False)
+            if p.is_floating_point():
+                # subnormal weights (SINet's official checkpoint has hundreds) take x86's slow
+                # path in every multiply; as zeros they change outputs by < 1e-37
+                p.masked_fill_(p.abs() < tiny, 0.0)
     return folded
 
 
@@ -411,6 +418,17 @@ class _Fused:
         return _pack(is_tuple, [t.contiguous() for t in flat])
 
 
+class _DenseForward(nn.Module):
+    """``forward`` = ``model.dense`` (CenterMask's pyramid + FCOS head), for export."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.dense(x)
+
+
 class FastModel(nn.Module):
     """A model behind an inference backend; a drop-in for the eager model in ``rtseg.inference``.
 
@@ -432,7 +450,19 @@ class FastModel(nn.Module):
             if hasattr(model, attr):
                 setattr(self, attr, getattr(model, attr))
         self._runner: Optional[Callable[[torch.Tensor], Output]] = None
+        self._dense_runner: Optional[Callable[[torch.Tensor], Output]] = None
         self.train(False)
+
+    def _make_runner(self, module: nn.Module) -> Callable[[torch.Tensor], Output]:
+        if self.backend == "fused":
+            return _Fused(module, self.channels_last)
+        if self.backend == "compile":
+            return _Fused(torch.compile(module, dynamic=False), self.channels_last)
+        if self.backend == "onnxruntime":
+            return _ShapeCache(_ort_runner(module, self.threads), self.max_shapes)
+        if self.backend == "openvino":
+            return _ShapeCache(_openvino_runner(module, self.threads, self.precision), self.max_shapes)
+        raise RtsegError(f"unknown backend {self.backend!r}")  # pragma: no cover - resolve_backend guards this
 
     def build(self) -> None:
         """(Re)create the backend from the current weights of ``model``."""
@@ -441,18 +471,12 @@ class FastModel(nn.Module):
         try:
             if self.backend == "eager":
                 self._runner = self.model.__call__  # a bound method: not registered as a child
+                self._dense_runner = getattr(self.model, "dense", None)
                 return
             folded = simplify(self.model)
-            if self.backend == "fused":
-                self._runner = _Fused(folded, self.channels_last)
-            elif self.backend == "compile":
-                self._runner = _Fused(torch.compile(folded, dynamic=False), self.channels_last)
-            elif self.backend == "onnxruntime":
-                self._runner = _ShapeCache(_ort_runner(folded, self.threads), self.max_shapes)
-            elif self.backend == "openvino":
-                self._runner = _ShapeCache(_openvino_runner(folded, self.threads, self.precision), self.max_shapes)
-            else:  # pragma: no cover - resolve_backend guards this
-                raise RtsegError(f"unknown backend {self.backend!r}")
+            self._runner = self._make_runner(folded)
+            # instance models (CenterMask): the dense stage of detect() runs on the backend too
+            self._dense_runner = self._make_runner(_DenseForward(folded)) if hasattr(folded, "dense") else None
         finally:
             self.model.train(was_training)
 
@@ -468,6 +492,29 @@ class FastModel(nn.Module):
             self.build()
         with torch.inference_mode():
             return self._runner(x)
+
+    def detect(self, images: torch.Tensor, image_sizes: Optional[Sequence[tuple[int, int]]] = None,
+               output_sizes: Optional[Sequence[tuple[int, int]]] = None) -> list[dict[str, torch.Tensor]]:
+        """Instance models: ``model.detect`` with its dense stage (backbone, FPN, FCOS head) on
+        the backend; RoI pooling, the mask heads and post-processing stay in PyTorch."""
+        detect = getattr(self.model, "detect", None)
+        if detect is None:
+            raise RtsegError(f"model {getattr(self.model, 'rtseg_name', type(self.model).__name__)!r} has no detect(): "
+                             f"not an instance-segmentation model")
+        if self._runner is None:
+            self.build()
+        with torch.inference_mode():
+            return detect(images, image_sizes, output_sizes, dense=self._dense_runner)
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes of the wrapped model (``min_size_test``, ``num_classes``, ...) read through."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            model = self.__dict__.get("_modules", {}).get("model")
+            if model is None or name.startswith("__"):
+                raise
+            return getattr(model, name)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}, threads={self.threads}, precision={self.precision!r}"

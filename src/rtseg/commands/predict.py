@@ -12,7 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--smooth", action="store_true", help="temporal smoothing of video predictions")
-    p.add_argument("--backend", default="eager", help="inference backend (eager; see `rtseg bench`)")
+    p.add_argument("--backend", default="auto",
+                   help="inference backend: auto (default: the measured fastest for the model, outputs within "
+                        "1e-4 of eager), eager, fused, onnxruntime, openvino, compile (see BENCHMARKS.md)")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this many pixels")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -30,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     for written in results:
         print("  ".join(f"{k}: {v}" for k, v in written.items()))
     print(f"weights: {model.pretrained_cfg.source}")
+    print(f"backend: {getattr(model, 'backend', 'eager')}")
     return 0
 
 

@@ -276,7 +276,8 @@ def coco_ap(bbox_results: list[dict[str, Any]], segm_results: list[dict[str, Any
 
 def evaluate_instances(model: nn.Module, dataset: CocoSet, progress: bool = True, distributed: Any = None
                        ) -> dict[str, Any]:
-    """Box and mask AP on a COCO split. Returns ``score`` (mask AP), ``mask_ap``, ``box_ap``,
+    """Box and mask AP on a COCO split (the eager PyTorch model: the reference, and the weights
+    change between evaluations in training). Returns ``score`` (mask AP), ``mask_ap``, ``box_ap``,
     ``bbox`` / ``segm`` (the six COCO numbers each), ``images`` and ``table`` (text)."""
     net = getattr(model, "module", model)
     coco = dataset.coco
@@ -292,7 +293,8 @@ def evaluate_instances(model: nn.Module, dataset: CocoSet, progress: bool = True
         if image.shape[:2] != (im["height"], im["width"]):
             raise DataError(f"{coco.images_dir / im['file_name']}: image is {image.shape[1]}x{image.shape[0]} but "
                             f"{coco.annotation_json} says {im['width']}x{im['height']} (width x height)")
-        b, s = predictions_for_image(predict_instances(net, image), im["id"], coco.label_to_category_id)
+        b, s = predictions_for_image(predict_instances(net, image, backend="eager"), im["id"],
+                                    coco.label_to_category_id)
         bbox_res.extend(b)
         segm_res.extend(s)
     if world > 1:

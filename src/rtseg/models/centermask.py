@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,10 +77,13 @@ MASK_LEVELS = (3, 5)  # RoI features come from P3..P5 (ROI_HEADS.IN_FEATURES)
 
 
 def pad_to_multiple(images: Tensor, divisor: int) -> Tensor:
-    """Zero-pad (N, C, H, W) at the bottom/right to multiples of ``divisor`` (detectron2 ImageList)."""
+    """Zero-pad (N, C, H, W) at the bottom/right to multiples of ``divisor`` (detectron2 ImageList).
+
+    ``F.pad`` is called even when nothing is missing (a zero-width pad, same values), so an ONNX
+    graph traced at a multiple of ``divisor`` still pads inputs of other sizes."""
     h, w = images.shape[-2:]
     ph, pw = (-h) % divisor, (-w) % divisor
-    return F.pad(images, (0, pw, 0, ph)) if ph or pw else images
+    return F.pad(images, (0, pw, 0, ph))
 
 
 # --- FCOS head ---------------------------------------------------------------------------------
@@ -586,6 +589,15 @@ class CenterMask(nn.Module):
         logits, reg, ctr = self.head(self.pyramid(images))
         return (*logits, *reg, *ctr)
 
+    def dense(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The dense (per-location) part of :meth:`detect` as one flat tuple: ``(P3..P7,
+        logits_P3..P7, bbox_reg_P3..P7, ctrness_P3..P7)`` (20 tensors). :meth:`detect` takes
+        any callable with this contract (``dense=``), e.g. a compiled copy from
+        :func:`rtseg.fast.optimize`; the RoI part stays in PyTorch."""
+        feats = self.pyramid(images)
+        logits, reg, ctr = self.head(feats)
+        return (*feats, *logits, *reg, *ctr)
+
     def _locations(self, feats: Sequence[Tensor]) -> list[Tensor]:
         return fcos_locations([tuple(f.shape[-2:]) for f in feats], FPN_STRIDES, feats[0].device)
 
@@ -602,7 +614,8 @@ class CenterMask(nn.Module):
 
     @torch.no_grad()
     def detect(self, images: Tensor, image_sizes: Optional[Sequence[tuple[int, int]]] = None,
-               output_sizes: Optional[Sequence[tuple[int, int]]] = None) -> list[dict[str, Tensor]]:
+               output_sizes: Optional[Sequence[tuple[int, int]]] = None,
+               dense: Optional[Callable[[Tensor], tuple[Tensor, ...]]] = None) -> list[dict[str, Tensor]]:
         """Full inference: FCOS boxes -> SAG-Mask (+ MaskIoU re-scoring) -> masks pasted.
 
         Args:
@@ -613,11 +626,13 @@ class CenterMask(nn.Module):
         Returns per image ``{"boxes" (D, 4) float xyxy clipped to the output size, "scores" (D,)
         box scores, "labels" (D,) int64, "masks" (D, h, w) uint8 0/1, "mask_scores" (D,)}``
         (``mask_scores`` = scores x predicted mask IoU with MaskIoU, else the box scores).
+        ``dense``: what computes :meth:`dense` (default: this module).
         """
         sizes = self._sizes(images, image_sizes)
         out_sizes = sizes if output_sizes is None else self._sizes(images, output_sizes)
-        feats = self.pyramid(images)
-        logits, reg, ctr = self.head(feats)
+        flat = list((dense or self.dense)(images))
+        k = len(FPN_STRIDES)
+        feats, logits, reg, ctr = flat[:k], flat[k:2 * k], flat[2 * k:3 * k], flat[3 * k:]
         dets = fcos_predict(self._locations(feats), logits, reg, ctr, FPN_STRIDES, score_thresh=self.score_thresh,
                             pre_nms_topk=self.pre_nms_topk_test, nms_thresh=self.nms_thresh,
                             post_nms_topk=self.post_nms_topk_test, thresh_with_ctr=self.thresh_with_ctr)
