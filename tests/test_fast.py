@@ -292,3 +292,26 @@ def test_instance_detect_on_fast_backends_matches_eager(backend):
     image = (np.random.default_rng(1).random((96, 140, 3)) * 255).astype(np.uint8)
     a, b = predict_instances(model, image, backend="eager"), predict_instances(fast, image)
     assert a["labels"].tolist() == b["labels"].tolist() and np.allclose(a["scores"], b["scores"], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ONNX_BACKENDS)
+def test_int8_precision_quantises_and_keeps_the_mask(backend):
+    """``precision="int8"``: the graph really is quantised (QuantizeLinear nodes, outputs no longer
+    within 1e-4) and the packaged portrait model keeps its mask on a realistic input."""
+    import onnx
+
+    from rtseg.fast import _Exported, simplify
+
+    torch.set_num_threads(1)
+    model = rtseg.load_model("sinet", None).eval()  # the packaged default weights
+    x = example_input(model, (224, 224), seed=5)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize(model, backend, precision="int8", threads=1)
+    out = fast(x)
+    agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
+    assert agree > 0.98 and float((out - ref).abs().max()) > 1e-4, agree
+    graph = onnx.load_from_string(_Exported(simplify(model), (1, 3, 224, 224), "int8").onnx).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 20
+    with pytest.raises(RtsegError, match="int8 needs"):
+        optimize(model, "fused", precision="int8")

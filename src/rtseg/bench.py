@@ -398,7 +398,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     rows = [head, ["---"] * len(head)]
     for r in results:
         b = r.backend if not r.resolved_backend or r.resolved_backend == r.backend else f"{r.backend}->{r.resolved_backend}"
-        b += " bf16" if r.precision == "bf16" else ""
+        b += f" {r.precision}" if r.precision and r.precision != "fp32" else ""
         sp = speedup_vs_official(r)
         row = [r.model, f"{r.size[0]}x{r.size[1]}", b, f"{r.params:,}" if r.params else "-",
                f"{r.gflops:.3f}" if r.flops is not None else "-", _f(r.p50_ms, 2), _f(r.p90_ms, 2),

@@ -50,9 +50,15 @@ Output = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 BACKENDS: tuple[str, ...] = ("eager", "fused", "onnxruntime", "compile", "openvino")
 
-#: ``fp32`` (default: outputs within 1e-4 of eager) or ``bf16`` (OpenVINO only, opt-in: 2-3x
-#: faster on CPUs with AMX / AVX512-bf16, outputs about 1e-2 off; BENCHMARKS.md).
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: ``fp32`` (default: outputs within 1e-4 of eager), ``bf16`` (OpenVINO only, opt-in: faster on
+#: CPUs with AMX / AVX512-bf16, outputs about 1e-2 off) or ``int8`` (onnxruntime or OpenVINO,
+#: opt-in: static QDQ quantisation by onnxruntime, per-channel int8 weights, uint8 activations
+#: calibrated on example inputs; the accuracy cost per model is in BENCHMARKS.md).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+
+#: Calibration inputs :func:`optimize` uses for ``int8`` when none are given: this many
+#: :func:`rtseg.export.example_input` images (smooth synthetic colour images, preprocessed).
+DEFAULT_CALIBRATION_IMAGES = 8
 
 #: The measured fastest backend per model at its benchmark size, batch 1, 2 threads, p50
 #: (BENCHMARKS.md). ``compile`` is left out: its first call takes half a minute or more.
@@ -326,10 +332,46 @@ def _pack(is_tuple: bool, outs: Sequence[torch.Tensor]) -> Output:
     return tuple(outs) if is_tuple else outs[0]
 
 
-class _Exported:
-    """The folded model exported to ONNX at one static input shape."""
+def quantize_int8(onnx_model: bytes, calibration: Iterable[torch.Tensor]) -> bytes:
+    """Static int8 quantisation of an ONNX graph (onnxruntime ``quantize_static``): QDQ format,
+    per-channel symmetric int8 weights, asymmetric uint8 activations with min/max ranges from
+    ``calibration`` (network inputs of the graph's input shape)."""
+    import tempfile
+    from pathlib import Path
 
-    def __init__(self, folded: nn.Module, shape: tuple[int, ...]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": x.detach().float().contiguous().numpy()} for x in calibration])
+
+        def get_next(self) -> Optional[dict[str, Any]]:
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory(prefix="rtseg-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(onnx_model)
+        root = logging.getLogger()  # the quantiser warns through the root logger (basicConfig)
+        quiet, level = logging.NullHandler(), root.level
+        root.addHandler(quiet)
+        root.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        finally:
+            root.removeHandler(quiet)
+            root.setLevel(level)
+        return dst.read_bytes()
+
+
+class _Exported:
+    """The folded model exported to ONNX at one static input shape (quantised for ``int8``)."""
+
+    def __init__(self, folded: nn.Module, shape: tuple[int, ...], precision: str = "fp32",
+                 calibration: Optional[Sequence[torch.Tensor]] = None) -> None:
         from .export import onnx_bytes
 
         example = torch.zeros(shape)
@@ -338,14 +380,38 @@ class _Exported:
         self.is_tuple = is_tuple
         self.out_shapes = [tuple(t.shape) for t in flat]
         self.onnx = onnx_bytes(folded, example, dynamic=False)
+        if precision == "int8":
+            self.onnx = quantize_int8(self.onnx, _calibration_batches(folded, shape, calibration))
 
 
-def _ort_runner(folded: nn.Module, threads: int) -> Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]]:
+def _calibration_batches(model: nn.Module, shape: tuple[int, ...],
+                         calibration: Optional[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Calibration inputs at the exported shape: the given ones (resized, regrouped into
+    batches of N), else :data:`DEFAULT_CALIBRATION_IMAGES` example inputs."""
+    from .export import example_input
+
+    n, _, h, w = shape
+    if calibration is None:
+        calibration = [example_input(model, (h, w), seed=100 + i) for i in range(DEFAULT_CALIBRATION_IMAGES)]
+    images = []
+    for x in calibration:
+        x = x if x.dim() == 4 else x[None]
+        if tuple(x.shape[-2:]) != (h, w):
+            x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False)
+        images.extend(x.split(1))
+    if not images:
+        raise RtsegError("int8 calibration needs at least one input image")
+    return [torch.cat((images * n)[i:i + n]) for i in range(0, len(images), n)]
+
+
+def _ort_runner(folded: nn.Module, threads: int, precision: str = "fp32",
+                calibration: Optional[Sequence[torch.Tensor]] = None
+                ) -> Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]]:
     import numpy as np
     import onnxruntime as ort
 
     def build(shape: tuple[int, ...]) -> Callable[[torch.Tensor], Output]:
-        ex = _Exported(folded, shape)
+        ex = _Exported(folded, shape, precision, calibration)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads
@@ -372,8 +438,9 @@ def _ort_runner(folded: nn.Module, threads: int) -> Callable[[tuple[int, ...]], 
     return build
 
 
-def _openvino_runner(folded: nn.Module, threads: int,
-                     precision: str = "fp32") -> Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]]:
+def _openvino_runner(folded: nn.Module, threads: int, precision: str = "fp32",
+                     calibration: Optional[Sequence[torch.Tensor]] = None
+                     ) -> Callable[[tuple[int, ...]], Callable[[torch.Tensor], Output]]:
     import io
 
     import openvino as ov
@@ -386,7 +453,7 @@ def _openvino_runner(folded: nn.Module, threads: int,
               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "CPU_DENORMALS_OPTIMIZATION": True}
 
     def build(shape: tuple[int, ...]) -> Callable[[torch.Tensor], Output]:
-        ex = _Exported(folded, shape)
+        ex = _Exported(folded, shape, precision, calibration)  # int8: OpenVINO runs the QDQ graph in int8
         compiled = core.compile_model(ov.convert_model(io.BytesIO(ex.onnx)), "CPU", config)
         request = compiled.create_infer_request()
 
@@ -438,10 +505,12 @@ class FastModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, backend: str, *, threads: Optional[int] = None, precision: str = "fp32",
-                 channels_last: bool = True, max_shapes: int = 4) -> None:
+                 channels_last: bool = True, max_shapes: int = 4,
+                 calibration: Optional[Sequence[torch.Tensor]] = None) -> None:
         super().__init__()
         self.model = model
         self.backend = backend
+        self.calibration = None if calibration is None else [c.detach().cpu() for c in calibration]
         self.threads = int(threads or torch.get_num_threads())
         self.channels_last = channels_last
         self.max_shapes = max_shapes
@@ -459,9 +528,10 @@ class FastModel(nn.Module):
         if self.backend == "compile":
             return _Fused(torch.compile(module, dynamic=False), self.channels_last)
         if self.backend == "onnxruntime":
-            return _ShapeCache(_ort_runner(module, self.threads), self.max_shapes)
+            return _ShapeCache(_ort_runner(module, self.threads, self.precision, self.calibration), self.max_shapes)
         if self.backend == "openvino":
-            return _ShapeCache(_openvino_runner(module, self.threads, self.precision), self.max_shapes)
+            return _ShapeCache(_openvino_runner(module, self.threads, self.precision, self.calibration),
+                               self.max_shapes)
         raise RtsegError(f"unknown backend {self.backend!r}")  # pragma: no cover - resolve_backend guards this
 
     def build(self) -> None:
@@ -522,18 +592,24 @@ class FastModel(nn.Module):
 
 def optimize(model: nn.Module, backend: str = "auto", example_size: Optional[Sequence[int]] = None, *,
              threads: Optional[int] = None, precision: str = "fp32", channels_last: bool = True,
-             max_shapes: int = 4) -> FastModel:
+             max_shapes: int = 4, calibration: Optional[Sequence[torch.Tensor]] = None) -> FastModel:
     """Wrap ``model`` in the fastest (or the named) inference backend.
 
     ``example_size`` (H, W) or (N, C, H, W): a shape to build and warm the backend for now
     (default: the ``input_size`` of the model's pretrained config, else build lazily on the first
     call). ``threads``: intra-op threads for onnxruntime / OpenVINO (default
     ``torch.get_num_threads()``). ``precision="bf16"`` (openvino only) trades the 1e-4 agreement
-    for speed on CPUs with bf16 units. The returned model is in eval mode.
+    for speed on CPUs with bf16 units; ``precision="int8"`` (onnxruntime or openvino) quantises
+    the graph (:func:`quantize_int8`) with ``calibration`` inputs ((N, 3, H, W) network inputs,
+    preprocessed as the model expects; default: synthetic example images; give real images of
+    your domain for the best ranges). The returned model is in eval mode.
     """
     if isinstance(model, FastModel):
         model = model.model
     name = getattr(model, "rtseg_name", None)
+    if backend == "auto" and precision in ("int8", "bf16"):  # only the ONNX runtimes run these
+        have = available_backends()
+        backend = "openvino" if "openvino" in have else "onnxruntime"
     chosen = resolve_backend(backend, name)
     how = "measured winner" if backend == "auto" and AUTO_BACKENDS.get(name or "") == chosen else (
         "fallback" if backend == "auto" else "requested")
@@ -542,8 +618,10 @@ def optimize(model: nn.Module, backend: str = "auto", example_size: Optional[Seq
         raise RtsegError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
     if precision == "bf16" and chosen != "openvino":
         raise RtsegError(f"precision bf16 needs the openvino backend, not {chosen!r}")
+    if precision == "int8" and chosen not in ("onnxruntime", "openvino"):
+        raise RtsegError(f"precision int8 needs the onnxruntime or openvino backend, not {chosen!r}")
     fast = FastModel(model, chosen, threads=threads, precision=precision, channels_last=channels_last,
-                     max_shapes=max_shapes)
+                     max_shapes=max_shapes, calibration=calibration)
     if example_size is None:
         cfg = getattr(model, "pretrained_cfg", None)
         example_size = getattr(cfg, "input_size", None)
@@ -568,6 +646,6 @@ def iter_backends(names: Iterable[str]) -> list[str]:
     return out
 
 
-__all__ = ["BACKENDS", "AUTO_BACKENDS", "AUTO_FALLBACK", "FastModel", "optimize", "fold_batchnorm", "simplify",
+__all__ = ["BACKENDS", "AUTO_BACKENDS", "PRECISIONS", "quantize_int8", "AUTO_FALLBACK", "FastModel", "optimize", "fold_batchnorm", "simplify",
            "absorb_channel_shuffles",
            "fold_conv_bn", "find_conv_bn_pairs", "available_backends", "resolve_backend", "iter_backends"]

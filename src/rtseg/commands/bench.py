@@ -17,8 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="eager, fused, onnxruntime, openvino, compile, auto (the model's default) or all "
                         "(every installed backend except compile); default: eager auto")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: OpenVINO's bf16 inference (opt-in; not within 1e-4 of eager); default fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="bf16: OpenVINO's bf16 inference; int8: static int8 quantisation (onnxruntime or "
+                        "openvino), calibrated on synthetic example images; both opt-in, not within 1e-4 of "
+                        "eager (the table's max|diff| and argmax agreement show the cost); default fp32")
     p.add_argument("--iters", type=int, default=50, help="timed calls per measurement (default 50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
     p.add_argument("--repeat", type=int, default=1,

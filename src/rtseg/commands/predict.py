@@ -15,6 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto (default: the measured fastest for the model, outputs within "
                         "1e-4 of eager), eager, fused, onnxruntime, openvino, compile (see BENCHMARKS.md)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="fp32 (default, within 1e-4 of eager); int8 / bf16: faster, less exact (BENCHMARKS.md)")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this many pixels")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -26,19 +28,20 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args.inputs, args.max_pixels)  # bad inputs / output folder: fail before loading weights
     check_output_dir(args.out)
     model = load_model_from_args(args)
-    model = _with_backend(model, args.backend)
+    model = _with_backend(model, args.backend, args.precision)
     results = predict_paths(model, args.inputs, args.out, alpha=args.alpha, smooth=args.smooth,
                             progress=not args.no_progress, max_pixels=args.max_pixels)
     for written in results:
         print("  ".join(f"{k}: {v}" for k, v in written.items()))
     print(f"weights: {model.pretrained_cfg.source}")
-    print(f"backend: {getattr(model, 'backend', 'eager')}")
+    precision = getattr(model, "precision", "fp32")
+    print(f"backend: {getattr(model, 'backend', 'eager')}" + ("" if precision == "fp32" else f" {precision}"))
     return 0
 
 
-def _with_backend(model, backend: str):
-    if backend in (None, "eager"):
+def _with_backend(model, backend: str, precision: str = "fp32"):
+    if backend in (None, "eager") and precision == "fp32":
         return model
     from ..fast import optimize
 
-    return optimize(model, backend=backend)
+    return optimize(model, backend=backend, precision=precision)
