@@ -68,8 +68,14 @@ class NormAct(nn.Sequential):
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet channel shuffle: (N, g*c, H, W) -> (N, c*g, H, W) with channels interleaved."""
+    """ShuffleNet channel shuffle: (N, g*c, H, W) -> (N, c*g, H, W) with channels interleaved.
+
+    A channels_last input stays channels_last (the shuffle permutes its innermost dimension), so
+    the convolutions after it keep oneDNN's fast NHWC kernels in training."""
     n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)
+        return nhwc.permute(0, 3, 1, 2)
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
