@@ -130,5 +130,7 @@ class TrainConfig:
     save_every: int = 0  # also checkpoint every N optimiser steps (0: only at epoch ends)
     amp: bool = False
     grad_accum: int = 1
+    channels_last: bool = False  # NHWC weights and inputs (rtseg.engine.speed)
+    compile: bool = False  # torch.compile the model's forward (with channels_last: BENCHMARKS.md)
     sync_bn: bool = False
     progress: bool = True

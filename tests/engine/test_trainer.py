@@ -96,3 +96,29 @@ def test_bfloat16_autocast_and_grad_accumulation_train(toy, tmp_path):
     assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())
     # bf16 changes the numbers, not the course: the two runs stay close after 3 steps
     assert (a["encoder.stem.conv.weight"] - p["encoder.stem.conv.weight"]).abs().max() < 0.05
+
+
+def test_channels_last_training_matches_the_default_layout(toy, tmp_path):
+    """--channels-last (NHWC weights and inputs) computes the same training run: same checkpoint
+    keys, weights within float noise after one SGD step (Adam's normalised steps would blow float noise
+    in near-zero gradients up to lr), and the checkpoint loads into a plain model."""
+    train(_cfg(toy, tmp_path / "plain", epochs=1, max_steps=1, optimizer="sgd", lr=0.01))
+    train(_cfg(toy, tmp_path / "nhwc", epochs=1, max_steps=1, optimizer="sgd", lr=0.01, channels_last=True))
+    p, c = _weights(tmp_path / "plain" / "last.pt"), _weights(tmp_path / "nhwc" / "last.pt")
+    assert list(p) == list(c)
+    assert max(float((p[k].float() - c[k].float()).abs().max()) for k in p if p[k].is_floating_point()) < 1e-4
+    assert not torch.equal(p["encoder.stem.conv.weight"], rtseg.create_model("sinet").state_dict()["encoder.stem.conv.weight"])
+    rtseg.load_model("sinet", tmp_path / "nhwc" / "last.pt")
+
+
+def test_compile_option_compiles_in_place_and_keeps_the_keys():
+    """--compile: nn.Module.compile() in place (the first step would compile for minutes, so it
+    is not run here; BENCHMARKS.md has the measured speed-up) with channels_last."""
+    from rtseg.engine.speed import prepare_for_training
+
+    model = rtseg.create_model("sinet")
+    keys = list(model.state_dict())
+    out = prepare_for_training(model, TrainConfig(model="sinet", data="x", channels_last=True, compile=True))
+    assert out is model and list(model.state_dict()) == keys
+    assert model._compiled_call_impl is not None
+    assert model.encoder.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)

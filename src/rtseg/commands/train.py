@@ -50,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CPU / fp16 on GPU")
     p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (implies --channels-last): about 2x the images/s of SINet on "
+                        "CPU after a first step that compiles for 1-3 minutes (BENCHMARKS.md)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
     p.add_argument("--no-progress", action="store_true")
 
@@ -68,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         enet_c=args.enet_c, poly_power=args.poly_power, ohem_thresh=args.ohem_thresh, ohem_min_kept=args.ohem_min_kept,
         workers=args.workers, augment=not args.no_augment, max_steps=args.max_steps,
         save_every=args.save_every, resume=args.resume, amp=args.amp, grad_accum=args.grad_accum,
+        channels_last=args.channels_last or args.compile, compile=args.compile,
         sync_bn=args.sync_bn, warmup_steps=args.warmup_steps, progress=not args.no_progress)
     result = train(cfg)
     best = result.get("best")

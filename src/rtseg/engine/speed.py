@@ -32,11 +32,14 @@ def _to_channels_last(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
 def prepare_for_training(model: nn.Module, cfg: Any = None) -> nn.Module:
     """Make ``model`` train faster on this device; returns the same module (same state_dict keys).
 
-    * ``channels_last`` (``cfg.channels_last``, default on for CPU): weights and every 4-D input
-      (a forward pre-hook) in NHWC, which oneDNN's convolutions and their backward prefer.
+    * ``channels_last`` (``cfg.channels_last``; without a cfg, on for CPU): weights and every 4-D
+      input (a forward pre-hook) in NHWC, which oneDNN's convolutions and their backward prefer
+      (depthwise backward 3-4x faster) - but eager BatchNorm backward is slower in NHWC, so alone
+      it gains nothing for SINet.
     * ``compile`` (``cfg.compile``, default off): ``nn.Module.compile()`` in place (keeps the
-      parameter names, so checkpoints are unchanged). Its first step compiles for minutes on a
-      2-core machine, so it pays off only for long runs.
+      parameter names, so checkpoints are unchanged); inductor fuses BatchNorm, PReLU and the
+      element-wise ops, forward and backward. With channels_last this is the fastest variant
+      (BENCHMARKS.md); its first step compiles for 1-3 minutes on a 2-core machine.
 
     bf16 autocast is the trainer's ``--amp`` (``TrainConfig.amp``), not set here.
     """

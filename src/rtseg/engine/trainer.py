@@ -182,6 +182,10 @@ class Trainer:
                 raise RtsegError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on the CPU (gloo)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
+        if cfg.channels_last or cfg.compile:
+            from .speed import prepare_for_training
+
+            prepare_for_training(model, cfg)
         train_set = self.task.train_dataset(cfg, model)
         val_set = self.task.val_dataset(cfg, model)
         optimizer = make_optimizer(cfg, model)
