@@ -122,3 +122,17 @@ def test_encodings_round_trip_exactly(kind):
     assert n >= 20
     if kind == "polygon":  # RLE only for the few visible parts with a hole
         assert polys >= 0.8 * n
+
+
+def test_command_line_writes_the_same_set(tmp_path, capsys):
+    from rtseg.data.synthetic import main
+
+    assert main([str(tmp_path / "cli"), "--num-images", "6", "--size", "40x56", "--seed", "3",
+                 "--classes", "circle", "triangle", "--val-fraction", "0.5"]) == 0
+    api = make_synthetic_coco(tmp_path / "api", 6, (40, 56), 3, classes=("circle", "triangle"), val_fraction=0.5)
+    for split in ("train", "val"):
+        assert (tmp_path / "cli" / "annotations" / f"instances_{split}.json").read_bytes() == \
+            (api.root / "annotations" / f"instances_{split}.json").read_bytes()
+    assert str(tmp_path / "cli" / "annotations" / "instances_val.json") in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bad"), "--classes", "hexagon"])
