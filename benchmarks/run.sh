@@ -24,10 +24,13 @@ $PY -m rtseg bench $SEMANTIC --weights sinet=$SINET_W --backend onnxruntime open
 $PY -m rtseg bench $SEMANTIC --weights sinet=$SINET_W --backend openvino --precision bf16 \
     --iters 30 --warmup 5 --json benchmarks/bf16.json
 # 4. training throughput, SINet 224x224 batch 36 (forward, cross-entropy, backward, Adam)
-$PY -m rtseg.engine.speed --variants eager channels_last bf16 channels_last+bf16 --rounds 3 --steps 2 \
-    > benchmarks/training_sinet.jsonl
+#    (compile variants: the first step, which compiles, is reported apart and not timed)
+$PY -m rtseg.engine.speed --variants eager channels_last bf16 compile channels_last+compile channels_last+compile+bf16 \
+    --rounds 3 --steps 2 > benchmarks/training_sinet.jsonl
 # 5. the float32 matrix-multiply ceiling of this machine (2 threads)
 $PY -c "import torch,time; torch.set_num_threads(2); a=torch.randn(2048,2048); b=torch.randn(2048,2048); [a@b for _ in range(3)]; t=time.perf_counter(); [a@b for _ in range(20)]; s=(time.perf_counter()-t)/20; print(f'sgemm 2048: {2*2048**3/s/1e9:.0f} GFLOP/s')" \
     > benchmarks/sgemm.txt
+# 6. the opt-in precisions on a real photo with trained weights
+$PY benchmarks/portrait_precision.py > benchmarks/portrait_precision.md
 # the tables of BENCHMARKS.md
 $PY -m rtseg bench --from-json benchmarks/semantic.json benchmarks/instance.json benchmarks/int8.json benchmarks/bf16.json

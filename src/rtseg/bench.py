@@ -167,6 +167,7 @@ def bench_model(name: str, backend: str = "eager", size: Optional[Sequence[int]]
 
     torch.set_num_threads(threads)
     rss0 = _rss_now_mb()
+    torch.manual_seed(0)  # without --weights every backend gets the same random weights
     model = load_model(name, weights, **(model_kwargs or {})).eval()
     size = tuple(size) if size is not None else BENCH_SIZES.get(name, (512, 512))
     check_size(model, size)

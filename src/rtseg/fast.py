@@ -64,13 +64,13 @@ DEFAULT_CALIBRATION_IMAGES = 8
 #: (BENCHMARKS.md). ``compile`` is left out: its first call takes half a minute or more.
 #: Models not listed use :data:`AUTO_FALLBACK`.
 AUTO_BACKENDS: dict[str, str] = {
-    "sinet": "openvino",  # 5.2 ms vs eager 49.7 ms (ORT 12.5)
-    "cgnet": "fused",  # 252 ms vs eager 304 (compile: 211 after a 34 s first call; ORT 280, OpenVINO 310)
-    "bisenet_v1": "onnxruntime",  # 318 ms vs eager 559
-    "bisenet_face": "onnxruntime",  # 134 ms vs eager 183
-    "deeplabv3plus": "onnxruntime",  # 179 ms vs eager 307 (OpenVINO 181)
-    "centermask_lite": "onnxruntime",  # 165 ms vs eager 3640 (raw head outputs)
-    "centermask": "openvino",  # 2100 ms vs eager 3614 (raw head outputs)
+    "sinet": "openvino",  # 3.9 ms vs eager 33.5 (onnxruntime 8.8, fused 11.8)
+    "cgnet": "fused",  # 200 ms vs eager 195: a tie (onnxruntime 221, OpenVINO 242); depthwise-bound
+    "bisenet_v1": "onnxruntime",  # 213 ms vs eager 366 (OpenVINO 247)
+    "bisenet_face": "onnxruntime",  # 93 ms vs eager 141 (OpenVINO 106)
+    "deeplabv3plus": "onnxruntime",  # 119 ms vs eager 212 (OpenVINO 125)
+    "centermask_lite": "onnxruntime",  # 105 ms vs eager 212 (OpenVINO 105, optional) - dense stage
+    "centermask": "fused",  # 1747 ms vs eager 2301 (onnxruntime 1863, OpenVINO 2017) - dense stage
 }
 
 #: ``auto`` for a model without a measurement: the first of these that is installed.
