@@ -21,7 +21,8 @@ def test_models_lists_sinet(capsys):
     assert "sinet" in capsys.readouterr().out
 
 
-def test_predict_image_writes_mask_overlay_cutout(tmp_path, official_sinet, capsys):
+def test_predict_image_writes_mask_overlay_cutout(tmp_path, official_sinet, capsys, monkeypatch):
+    monkeypatch.delenv("RTSEG_BACKEND", raising=False)  # the real default: auto
     img, _ = portrait_like(np.random.default_rng(1), 90, 70)
     Image.fromarray(img).save(tmp_path / "p.png")
     assert main(["predict", str(tmp_path / "p.png"), "--weights", official_sinet, "--out", str(tmp_path / "o")]) == 0

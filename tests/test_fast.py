@@ -240,14 +240,16 @@ def test_precision_option():
 
 # --- the fast path is the default of the prediction API -----------------------------------------
 
-def test_predict_uses_the_fast_path_by_default_and_matches_eager():
+def test_predict_uses_the_fast_path_by_default_and_matches_eager(monkeypatch):
     """``rtseg.predict(model, image)`` runs ``optimize(model, "auto")``, built once, kept with the
-    model until its weights change, without touching its ``state_dict``."""
+    model until its weights change, without touching its ``state_dict``; ``$RTSEG_BACKEND``
+    overrides the default."""
     import copy
 
-    from rtseg.inference import DEFAULT_BACKEND, fast_model, predict_logits
+    from rtseg.inference import DEFAULT_BACKEND, default_backend, fast_model, predict_logits
 
-    assert DEFAULT_BACKEND == "auto"
+    monkeypatch.delenv("RTSEG_BACKEND", raising=False)
+    assert DEFAULT_BACKEND == "auto" and default_backend() == "auto"
     model = make("sinet")
     keys = list(model.state_dict())
     image = (np.random.default_rng(0).random((67, 93, 3)) * 255).astype(np.uint8)
@@ -268,6 +270,10 @@ def test_predict_uses_the_fast_path_by_default_and_matches_eager():
     assert float((ref2 - ref).abs().max()) > 1e-3
     assert float((predict_logits(model, image) - ref2).abs().max()) < 1e-4
     assert fast_model(model, "eager") is model and fast_model(fast) is fast
+    monkeypatch.setenv("RTSEG_BACKEND", "eager")
+    assert fast_model(model) is model
+    monkeypatch.setenv("RTSEG_BACKEND", "fused")
+    assert fast_model(model).backend == "fused"
 
 
 @pytest.mark.parametrize("backend", ["fused"] + ONNX_BACKENDS)

@@ -27,8 +27,14 @@ from .errors import DataError, RtsegError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-#: The backend of :func:`predict` and friends when none is given (see :mod:`rtseg.fast`).
+#: The backend of :func:`predict` and friends when none is given (see :mod:`rtseg.fast`);
+#: the environment variable ``RTSEG_BACKEND`` overrides it (also for ``rtseg predict``).
 DEFAULT_BACKEND = "auto"
+
+
+def default_backend() -> str:
+    """``$RTSEG_BACKEND`` if set, else :data:`DEFAULT_BACKEND` (``auto``)."""
+    return os.environ.get("RTSEG_BACKEND") or DEFAULT_BACKEND
 
 
 class _FastSlot:
@@ -46,13 +52,15 @@ class _FastSlot:
         return (_FastSlot, ())
 
 
-def fast_model(model: nn.Module, backend: Optional[str] = DEFAULT_BACKEND) -> nn.Module:
-    """``model`` behind ``backend`` (:func:`rtseg.fast.optimize`), built once and reused until
+def fast_model(model: nn.Module, backend: Optional[str] = "default") -> nn.Module:
+    """``model`` behind ``backend`` (``"default"``: :func:`default_backend`;
+    :func:`rtseg.fast.optimize`), built once and reused until
     the model's parameters or buffers change (their version counters and storage say so).
     ``eager`` / None, a model that is already a :class:`~rtseg.fast.FastModel`, and a model in
     training mode are returned as they are."""
     from .fast import FastModel, optimize
 
+    backend = default_backend() if backend == "default" else backend
     if backend in (None, "eager") or isinstance(model, FastModel) or model.training \
             or not hasattr(model, "pretrained_cfg"):
         return model
@@ -131,7 +139,7 @@ def restore(logits: torch.Tensor, size: tuple[int, int], cfg: PretrainedCfg) -> 
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def predict_logits(model: nn.Module, image: ImageLike, backend: Optional[str] = DEFAULT_BACKEND) -> torch.Tensor:
+def predict_logits(model: nn.Module, image: ImageLike, backend: Optional[str] = "default") -> torch.Tensor:
     """(1, C, H, W) float logits at the input's size (semantic models; instance models raise
     an error pointing to :func:`predict_instances`). ``backend``: see :func:`fast_model`."""
     _require_semantic(model)
@@ -149,12 +157,12 @@ def predict_logits(model: nn.Module, image: ImageLike, backend: Optional[str] = 
     return restore(logits.float(), size, cfg)
 
 
-def predict_proba(model: nn.Module, image: ImageLike, backend: Optional[str] = DEFAULT_BACKEND) -> np.ndarray:
+def predict_proba(model: nn.Module, image: ImageLike, backend: Optional[str] = "default") -> np.ndarray:
     """Softmax probabilities (C, H, W) float32 at the input's size."""
     return torch.softmax(predict_logits(model, image, backend), dim=1)[0].numpy()
 
 
-def predict(model: nn.Module, image: ImageLike, backend: Optional[str] = DEFAULT_BACKEND) -> np.ndarray:
+def predict(model: nn.Module, image: ImageLike, backend: Optional[str] = "default") -> np.ndarray:
     """Class-id mask (H, W) uint8 for a path, PIL image or RGB uint8 array."""
     logits = predict_logits(model, image, backend)
     return logits.argmax(1)[0].to(torch.uint8).numpy()
@@ -178,7 +186,7 @@ def _require_semantic(model: nn.Module) -> None:
 
 
 def predict_instances(model: nn.Module, image: ImageLike, min_score: float = 0.0,
-                      backend: Optional[str] = DEFAULT_BACKEND) -> dict[str, np.ndarray]:
+                      backend: Optional[str] = "default") -> dict[str, np.ndarray]:
     """Instances of an instance-segmentation model (CenterMask) at the input's size.
 
     The test resize of the weights is used: shortest side ``model.min_size_test``, longest side at

@@ -371,8 +371,8 @@ def test_training_memorises_the_synthetic_shapes(tmp_path):
     """Data -> targets -> losses -> detect -> paste -> COCOeval end to end: 80 steps reach box AP
     > 0.7 and mask AP > 0.4 on the training images (measured 0.95 / 0.60); an untrained model
     scores ~0 and the same run on shuffled targets ~0 (test below), so a broken loss, target
-    assignment, mask crop or paste cannot pass. (Held-out AP needs a longer run: README,
-    section CenterMask.)"""
+    assignment, mask crop or paste cannot pass. (Held-out AP after a longer run:
+    tests/engine/test_instance_heldout.py.)"""
     m = _memorisation_run(tmp_path)
     assert m["box_ap"] > 0.7 and m["mask_ap"] > 0.4, m["table"]
     untrained = rtseg.create_model("centermask_lite", num_classes=4, **{**TINY, "mask_conv_dim": 128})

@@ -12,9 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--smooth", action="store_true", help="temporal smoothing of video predictions")
-    p.add_argument("--backend", default="auto",
-                   help="inference backend: auto (default: the measured fastest for the model, outputs within "
-                        "1e-4 of eager), eager, fused, onnxruntime, openvino, compile (see BENCHMARKS.md)")
+    p.add_argument("--backend", default=None,
+                   help="inference backend: auto (default, or $RTSEG_BACKEND: the measured fastest for the model, "
+                        "outputs within 1e-4 of eager), eager, fused, onnxruntime, openvino, compile (BENCHMARKS.md)")
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                    help="fp32 (default, within 1e-4 of eager); int8 / bf16: faster, less exact (BENCHMARKS.md)")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this many pixels")
@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args.inputs, args.max_pixels)  # bad inputs / output folder: fail before loading weights
     check_output_dir(args.out)
     model = load_model_from_args(args)
-    model = _with_backend(model, args.backend, args.precision)
+    from ..inference import default_backend
+
+    model = _with_backend(model, args.backend or default_backend(), args.precision)
     results = predict_paths(model, args.inputs, args.out, alpha=args.alpha, smooth=args.smooth,
                             progress=not args.no_progress, max_pixels=args.max_pixels)
     for written in results:
