@@ -16,7 +16,7 @@ Backends (all float32; outputs match eager PyTorch within 1e-4, see ``tests/test
   zero), inputs and outputs bound to preallocated torch tensors (IOBinding, no copies).
 * ``openvino`` - the same ONNX graph compiled by OpenVINO for the CPU (f32 precision hint,
   latency hint, ``INFERENCE_NUM_THREADS = torch.get_num_threads()``, denormals flushed), inputs
-  and outputs shared with torch tensors; optional dependency (``pip install 'rtseg[openvino]'``).
+  and outputs shared with torch tensors (a core dependency; without it ``auto`` falls back).
 * ``compile`` - ``torch.compile`` (inductor) of the folded model. Evaluated, never the default:
   its first call compiles for minutes on a 2-core machine (BENCHMARKS.md).
 * ``auto`` - the measured winner of the model (:data:`AUTO_BACKENDS`, from BENCHMARKS.md),
