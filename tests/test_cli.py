@@ -37,7 +37,13 @@ def test_predict_image_writes_mask_overlay_cutout(tmp_path, official_sinet, caps
     from rtseg.fast import resolve_backend
 
     assert f"backend: {resolve_backend('auto', 'sinet')}" in out  # the fast path is the default
-    # and it gives the eager mask
+    # and it gives the eager mask; --backend eager really runs the module itself (nothing is folded)
+    import rtseg.fast
+
+    def no_simplify(model):
+        raise AssertionError("--backend eager built a fast copy")
+
+    monkeypatch.setattr(rtseg.fast, "simplify", no_simplify)
     assert main(["predict", str(tmp_path / "p.png"), "--weights", official_sinet, "--out", str(tmp_path / "e"),
                  "--backend", "eager"]) == 0
     assert "backend: eager" in capsys.readouterr().out

@@ -36,14 +36,14 @@ def run(args: argparse.Namespace) -> int:
     for written in results:
         print("  ".join(f"{k}: {v}" for k, v in written.items()))
     print(f"weights: {model.pretrained_cfg.source}")
-    precision = getattr(model, "precision", "fp32")
-    print(f"backend: {getattr(model, 'backend', 'eager')}" + ("" if precision == "fp32" else f" {precision}"))
+    precision = model.precision
+    print(f"backend: {model.backend}" + ("" if precision == "fp32" else f" {precision}"))
     return 0
 
 
 def _with_backend(model, backend: str, precision: str = "fp32"):
-    if backend in (None, "eager") and precision == "fp32":
-        return model
+    """Always a FastModel (``eager`` included): prediction runs a FastModel as it is, whereas a
+    plain module would get the default backend."""
     from ..fast import optimize
 
     return optimize(model, backend=backend, precision=precision)
