@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import types
 from typing import Any, Optional, Sequence
 
 import torch
@@ -80,16 +81,15 @@ def measure_training_speed(model_name: str = "sinet", *, variants: Sequence[str]
         if not opts <= set(OPTIONS):
             raise ValueError(f"unknown variant {v!r}; combine {', '.join(OPTIONS)} with '+'")
         model = copy.deepcopy(base).train()
-        if "channels_last" in opts:
-            model.to(memory_format=torch.channels_last)
-        fwd = torch.compile(model) if "compile" in opts else model
+        # what the trainer does (--channels-last / --compile)
+        prepare_for_training(model, types.SimpleNamespace(channels_last="channels_last" in opts,
+                                                          compile="compile" in opts))
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-        x = x0.contiguous(memory_format=torch.channels_last) if "channels_last" in opts else x0
 
-        def step(fwd=fwd, opt=opt, x=x, bf16="bf16" in opts) -> float:
+        def step(model=model, opt=opt, bf16="bf16" in opts) -> float:
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = fwd(x)
+                out = model(x0)
             out = out[0] if isinstance(out, (tuple, list)) else out
             loss = F.cross_entropy(out.float(), y0)
             loss.backward()
