@@ -57,3 +57,24 @@ def test_in_process_bench_and_table(tmp_path):
     assert "86,910" in table and "0.010" in table  # GFLOPs at 64x64
     plot([r], tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_from_json_reprints_the_table_and_plot(tmp_path, capsys):
+    """``rtseg bench --from-json`` measures nothing: it reads earlier --json files back (as
+    BENCHMARKS.md is made) and refuses a file that is not one, in one line."""
+    from rtseg.bench import BenchResult, write_json
+
+    a = BenchResult(model="sinet", backend="eager", size=(224, 224), batch=1, threads=2, params=86910, p50_ms=30.0,
+                    p90_ms=31.0, fps=33.3)
+    b = BenchResult(model="sinet", backend="openvino", size=(224, 224), batch=1, threads=2, params=86910,
+                    p50_ms=4.0, p90_ms=4.2, fps=250.0, precision="int8", argmax_agreement=0.99)
+    write_json([a], tmp_path / "a.json", machine={"cpu": "x", "threads": 2}, command="test")
+    write_json([b], tmp_path / "b.json", machine={"cpu": "x", "threads": 2}, command="test")
+    assert main(["bench", "--from-json", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                 "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| sinet" in out and "30.00" in out and "openvino int8" in out and "99.000%" in out
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["bench", "--from-json", str(tmp_path / "bad.json")]) != 0
+    assert "bad.json: not a benchmark JSON" in capsys.readouterr().err

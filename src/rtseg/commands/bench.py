@@ -53,11 +53,11 @@ def run(args: argparse.Namespace) -> int:
     if args.from_json:
         from ..bench import read_json
 
-        results = [r for path in args.from_json for r in read_json(path)[0]]
+        loaded = [read_json(path) for path in args.from_json]
+        results = [r for rs, _ in loaded for r in rs]
         print(format_table(results))
         if args.plot:
-            meta = read_json(args.from_json[0])[1]
-            machine = meta.get("machine", {})
+            machine = loaded[0][1].get("machine", {})
             plot(results, args.plot, title=f"rtseg on {machine.get('cpu', '?')}, {machine.get('threads', '?')} "
                                            f"threads, batch {results[0].batch if results else 1}")
             print(f"wrote {args.plot}")

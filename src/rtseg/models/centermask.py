@@ -586,8 +586,7 @@ class CenterMask(nn.Module):
         return list(self.fpn(self.backbone(x)).values())
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        logits, reg, ctr = self.head(self.pyramid(images))
-        return (*logits, *reg, *ctr)
+        return self.dense(images)[len(FPN_STRIDES):]  # the head outputs, without P3..P7
 
     def dense(self, images: Tensor) -> tuple[Tensor, ...]:
         """The dense (per-location) part of :meth:`detect` as one flat tuple: ``(P3..P7,
